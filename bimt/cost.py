@@ -1,0 +1,197 @@
+"""The connection cost: every connection charged by its length times its strength.
+
+    cost = sum_weights |w| * d(w)  +  sum_biases |b| * y*  +  sum_embeddings |E| * y*
+
+Distances depend only on *positions* (slots), never on which neuron currently occupies them, so
+they are computed once per tensor and cached; swaps move the weights, not the distances.
+
+Two forms of the same thing: :meth:`ConnectionCost.value` is a differentiable scalar for
+anyone's training loop; :meth:`ConnectionCost.add_grad_` adds ``lambda * d * sign(w)`` to
+``.grad`` directly, which is what our trainer does because building the cost in autograd costs
+far more than the product itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .geometry import pairwise_distance
+from .spec import PermutationSpec, tensor
+
+__all__ = ["ConnectionCost"]
+
+REDUCTIONS = ("sum", "mean")
+
+
+class ConnectionCost:
+    """The connection cost of the tensors a spec charges.
+
+    Parameters
+    ----------
+    A : in-layer scale; ``A = 0`` removes locality and leaves plain L1.
+    y_star : layer gap; every weight spans one gap, biases and embeddings cost ``y_star``.
+    p : the norm of the displacement ``(A * dx, y_star)``: 1 (default, as the paper), 2, ...
+    bias : charge biases (the reference code leaves them free early in some runs).
+    reduction : ``sum`` over every entry, or ``mean``: each tensor's mean, summed over tensors
+        (what the notebooks do for modular addition and MNIST).
+    distance_free : weight names charged ``|w| * y_star`` whatever their length (the MNIST
+        output layer).
+    """
+
+    def __init__(
+        self,
+        spec: PermutationSpec,
+        A: float = 1.0,
+        y_star: float = 1.0,
+        p: float = 1.0,
+        bias: bool = True,
+        reduction: str = "sum",
+        distance_free: Iterable[str] = (),
+    ):
+        for what, value in (("A", A), ("y_star", y_star)):
+            if not np.isfinite(value) or value < 0:
+                raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
+        distance_free = set(distance_free)
+        unknown = distance_free - set(spec.weights())
+        if unknown:
+            raise ValueError(
+                f"distance_free names {sorted(unknown)}, which are not charged weights "
+                f"(weights: {', '.join(spec.weights())})"
+            )
+        self.spec = spec
+        self.A, self.y_star, self.p = float(A), float(y_star), float(p)
+        self.bias, self.reduction = bool(bias), reduction
+        self.distance_free = distance_free
+        self._slot_distance: dict[str, np.ndarray] = {}
+        for name in spec.weights():
+            out_g, in_g = (spec.groups[g] for g in spec.axes[name])
+            if name in distance_free:
+                d = np.full((out_g.size, in_g.size), self.y_star)
+            else:
+                d = pairwise_distance(out_g.coords, in_g.coords, self.A, self.y_star, self.p)
+            self._slot_distance[name] = d
+        self._cache: dict[tuple, object] = {}
+
+    # -- what each tensor costs -------------------------------------------------------------
+    def terms(self) -> list[tuple[str, str]]:
+        """``(tensor name, kind)`` for every tensor this cost charges."""
+        return [
+            (n, k) for n, k in self.spec.charges.items() if self.bias or k != "bias"
+        ]
+
+    def distance(self, module: nn.Module, name: str) -> np.ndarray:
+        """Length of every entry of weight ``name`` (folds tiled), shape of the weight."""
+        t = tensor(module, name)
+        d = self._slot_distance[name]
+        return np.tile(d, (t.shape[0] // d.shape[0], t.shape[1] // d.shape[1]))
+
+    def _scale(self, module: nn.Module, name: str, kind: str, like: torch.Tensor):
+        """Per-entry multiplier of ``|x|`` in the cost (a tensor for weights, else a float)."""
+        key = (name, kind, like.device, like.dtype, tuple(like.shape))
+        hit = self._cache.get(key)
+        if hit is None:
+            norm = like.numel() if self.reduction == "mean" else 1
+            if kind == "weight":
+                hit = torch.as_tensor(self.distance(module, name) / norm, dtype=like.dtype,
+                                      device=like.device)
+            else:
+                hit = self.y_star / norm
+            self._cache[key] = hit
+        return hit
+
+    # -- the two forms ----------------------------------------------------------------------
+    def value(self, module: nn.Module) -> torch.Tensor:
+        """The cost as a differentiable scalar."""
+        total = None
+        for name, kind in self.terms():
+            t = tensor(module, name)
+            scale = self._scale(module, name, kind, t)
+            term = (t.abs() * scale).sum() if kind == "weight" else t.abs().sum() * scale
+            total = term if total is None else total + term
+        if total is None:
+            return torch.zeros(())
+        return total
+
+    __call__ = value
+
+    @torch.no_grad()
+    def add_grad_(self, module: nn.Module, lam: float) -> None:
+        """Add ``lam * d(cost)/d(param)`` to every charged parameter's ``.grad``."""
+        if lam == 0:
+            return
+        for name, kind in self.terms():
+            t = tensor(module, name)
+            if t.grad is None:
+                t.grad = torch.zeros_like(t)
+            scale = self._scale(module, name, kind, t)
+            if kind == "weight":
+                t.grad.addcmul_(t.sign(), scale, value=lam)
+            else:
+                t.grad.add_(t.sign(), alpha=lam * scale)
+
+    # -- what the swap engine needs ---------------------------------------------------------
+    @torch.no_grad()
+    def placement_matrix(self, module: nn.Module, group: str) -> np.ndarray:
+        """``C[j, p]``: the cost of putting the neuron now at slot ``j`` of ``group`` at slot ``p``.
+
+        Only the position-dependent part is kept (terms that do not depend on where the neuron
+        sits add the same constant to a row and never change which placement is best). Exact
+        while no charged tensor has both axes in ``group``.
+        """
+        n = self.spec.groups[group].size
+        C = torch.zeros(n, n, dtype=torch.float64)
+        for name in self.spec.weights():
+            if name in self.distance_free:
+                continue
+            axes = self.spec.axes[name]
+            if axes[0] == group and axes[1] == group:
+                raise NotImplementedError(
+                    f"weight {name!r} connects group {group!r} to itself (a recurrent matrix); "
+                    "its placement cost is quadratic, which the swap engine does not handle"
+                )
+            for dim in (0, 1):
+                if axes[dim] != group:
+                    continue
+                w = tensor(module, name).detach().abs().to("cpu", torch.float64)
+                w = w if dim == 0 else w.T
+                w = w.reshape(-1, n, w.shape[1]).sum(0)  # fold neurons sharing a slot
+                d = torch.from_numpy(self.distance(module, name))
+                d = d[:n] if dim == 0 else d[:, :n].T
+                scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0
+                C += (w @ d.T) * scale
+        return C.numpy()
+
+    @torch.no_grad()
+    def importance(self, module: nn.Module, group: str) -> np.ndarray:
+        """The paper's neuron score: the summed ``|w|`` of every connection a neuron makes."""
+        n = self.spec.groups[group].size
+        score = torch.zeros(n, dtype=torch.float64)
+        for name, kind in self.spec.charges.items():
+            if kind == "bias":
+                continue
+            for dim, g in enumerate(self.spec.axes[name]):
+                if g != group:
+                    continue
+                w = tensor(module, name).detach().abs().to("cpu", torch.float64)
+                w = w.movedim(dim, 0).reshape(-1, n, *w.movedim(dim, 0).shape[1:])
+                score += w.transpose(0, 1).reshape(n, -1).sum(1)
+        return score.numpy()
+
+    @torch.no_grad()
+    def total(self, module: nn.Module) -> float:
+        """The cost as a float, summed in float64 (for reports and comparisons)."""
+        total = 0.0
+        for name, kind in self.terms():
+            t = tensor(module, name).detach().abs().to("cpu", torch.float64)
+            norm = t.numel() if self.reduction == "mean" else 1
+            if kind == "weight":
+                total += float((t * torch.from_numpy(self.distance(module, name))).sum()) / norm
+            else:
+                total += float(t.sum()) * self.y_star / norm
+        return total

@@ -1,0 +1,164 @@
+"""BioMLP: the paper's fully connected network, placed in space."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..geometry import layout as make_layout
+from ..spec import Group, PermutationSpec
+from .wiring import Wiring, _per_layer, restore_order
+
+__all__ = ["BioMLP", "ACTIVATIONS", "make_activation"]
+
+ACTIVATIONS = {
+    "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid, "identity": nn.Identity,
+}
+
+
+def make_activation(activation) -> nn.Module:
+    if isinstance(activation, nn.Module):
+        return activation
+    if isinstance(activation, str) and activation in ACTIVATIONS:
+        return ACTIVATIONS[activation]()
+    raise ValueError(
+        f"unknown activation {activation!r}; allowed: {', '.join(ACTIVATIONS)} or an nn.Module"
+    )
+
+
+class BioMLP(nn.Module):
+    """A fully connected network whose neurons have positions.
+
+    Parameters
+    ----------
+    widths : neurons per layer, input first, e.g. ``[4, 20, 20, 2]``.
+    activation : ``silu`` (default, as the paper), ``relu``, ``gelu``, ``tanh``, ... or a module.
+    layout : ``line`` | ``grid`` | ``ring`` | an ``(n, d)`` array, for all layers or one per layer
+        (MNIST: ``["grid", "grid", "grid", "ring"]``). For token inputs the first entry places the
+        ``widths[0] / n_tokens`` embedding positions.
+    vocab_size, n_tokens : token inputs (modular addition): each of the ``n_tokens`` tokens is
+        embedded by one trainable ``vocab_size x widths[0]/n_tokens`` table, and the embeddings
+        are concatenated; the tokens' embedding neurons are folds sharing one position each.
+    freeze_input, freeze_output : those neurons never move (MNIST pixels).
+    A, y_star, p, reduction, bias_cost, last_distance_free : connection-cost settings of
+        :attr:`wiring` (see :class:`bimt.ConnectionCost`).
+
+    Inputs and outputs keep their order whatever the swaps: ``input_order`` and
+    ``output_order`` record which input or output each slot holds, and ``forward`` applies them.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        activation="silu",
+        layout="line",
+        bias: bool = True,
+        vocab_size: int | None = None,
+        n_tokens: int = 2,
+        freeze_input: bool = False,
+        freeze_output: bool = False,
+        A: float = 1.0,
+        y_star: float = 1.0,
+        p: float = 1.0,
+        reduction: str = "sum",
+        bias_cost: bool = True,
+        last_distance_free: bool = False,
+        input_labels: Sequence[str] | None = None,
+        output_labels: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        widths = list(widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths needs at least 2 layers (input and output), got {widths}")
+        for w in widths:
+            if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
+                raise ValueError(f"every width must be a positive integer, got {widths}")
+        self.widths = widths
+        self.activation = make_activation(activation)
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:])
+        )
+        layouts = _per_layer(layout, len(widths))
+        in_slots = widths[0]
+        if vocab_size is not None:
+            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
+                raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+            if not isinstance(n_tokens, int) or n_tokens <= 0 or widths[0] % n_tokens:
+                raise ValueError(
+                    f"n_tokens={n_tokens!r} must be a positive integer that divides the input "
+                    f"width {widths[0]} (each token's embedding is one fold of the input layer)"
+                )
+            in_slots = widths[0] // n_tokens
+            self.n_tokens = n_tokens
+            self.embedding = nn.Parameter(torch.randn(vocab_size, in_slots))
+        else:
+            self.embedding = None
+            self.register_buffer("input_order", torch.arange(widths[0]))
+        self.register_buffer("output_order", torch.arange(widths[-1]))
+
+        groups = {}
+        for i, (w, kind) in enumerate(zip([in_slots] + widths[1:], layouts)):
+            frozen = (i == 0 and freeze_input) or (i == len(widths) - 1 and freeze_output)
+            groups[f"layer{i}"] = Group(f"layer{i}", make_layout(kind, w), frozen=frozen)
+        last = f"layer{len(widths) - 1}"
+        axes, charges = {"output_order": (last,)}, {}
+        if self.embedding is None:
+            axes["input_order"] = ("layer0",)
+        else:
+            axes["embedding"] = (None, "layer0")
+            charges["embedding"] = "embedding"
+        for i, lin in enumerate(self.linears):
+            axes[f"linears.{i}.weight"] = (f"layer{i + 1}", f"layer{i}")
+            charges[f"linears.{i}.weight"] = "weight"
+            if bias:
+                axes[f"linears.{i}.bias"] = (f"layer{i + 1}",)
+                charges[f"linears.{i}.bias"] = "bias"
+        self.spec = PermutationSpec(groups, axes, charges)
+        self.input_labels = list(input_labels) if input_labels is not None else None
+        self.output_labels = list(output_labels) if output_labels is not None else None
+        distance_free = [f"linears.{len(self.linears) - 1}.weight"] if last_distance_free else []
+        self.wiring = Wiring(self, self.spec, A=A, y_star=y_star, p=p, bias=bias_cost,
+                             reduction=reduction, distance_free=distance_free)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.embedding is not None:
+            x = self.embedding[x].flatten(-2)
+        else:
+            x = x.index_select(-1, self.input_order)
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            x = linear(x)
+            if i < last:
+                x = self.activation(x)
+        return restore_order(x, self.output_order)
+
+    def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Activations of every neuron layer, in slot order (input layer first)."""
+        if self.embedding is not None:
+            x = self.embedding[x].flatten(-2)
+        else:
+            x = x.index_select(-1, self.input_order)
+        layers = [x]
+        last = len(self.linears) - 1
+        for i, linear in enumerate(self.linears):
+            x = linear(x)
+            if i < last:
+                x = self.activation(x)
+            layers.append(x)
+        return layers
+
+    # -- the wiring, at hand --------------------------------------------------------------
+    def cost(self) -> torch.Tensor:
+        """The connection cost (differentiable) under this model's settings."""
+        return self.wiring.cost()
+
+    def swap(self, top_k: int | None = None, mode: str = "greedy", optimizer=None, **kw):
+        """One swap pass; see :func:`bimt.swap_pass`."""
+        return self.wiring.swap(top_k, mode, optimizer, **kw)
+
+    def extra_repr(self) -> str:
+        tokens = f", vocab={self.embedding.shape[0]}x{self.n_tokens}" if self.embedding is not None else ""
+        return f"widths={self.widths}{tokens}"

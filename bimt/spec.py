@@ -1,0 +1,161 @@
+"""Which neurons may trade places, and which tensor axes move with them.
+
+A :class:`PermutationSpec` is a declarative table, in the spirit of Git Re-Basin: every
+permutable set of neurons is a :class:`Group` (one layer of an MLP, one attention layer, the whole
+residual stream of a transformer), and every tensor that a group indexes lists, axis by axis,
+the group (or ``None``) that indexes it. Permuting a group permutes all of those axes at once,
+so the function the network computes never changes. MLPs, token-embedding MLPs, transformers
+and user models differ only in their spec.
+
+Conventions:
+
+* a group of ``n`` *slots* (positions); an axis of length ``fold * n`` holds ``fold`` neurons per
+  slot, neuron ``f * n + s`` at slot ``s`` (the two concatenated token embeddings, Q/K/V);
+* ``heads > 1`` splits the slots into equal blocks: a neuron moves only within its block, and
+  whole blocks may trade places;
+* a ``frozen`` group never moves (image pixels, anything the user pins);
+* an interface group (network input or output) is indexed by an *order buffer* that the model
+  applies in ``forward``; permuting it is bookkeeping, so the model's interface never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["Group", "PermutationSpec", "CHARGE_KINDS"]
+
+#: How a tensor is charged by the connection cost: ``weight`` by ``|w| * length`` (both axes
+#: must belong to groups), ``bias`` and ``embedding`` by ``|x| * y_star``.
+CHARGE_KINDS = ("weight", "bias", "embedding")
+
+
+@dataclass
+class Group:
+    """A set of neuron positions whose occupants may be permuted."""
+
+    name: str
+    coords: np.ndarray
+    heads: int = 1
+    frozen: bool = False
+    labels: list[str] | None = None
+
+    def __post_init__(self):
+        self.coords = np.asarray(self.coords, dtype=np.float64)
+        if self.coords.ndim == 1:
+            self.coords = self.coords[:, None]
+        if self.coords.ndim != 2 or self.coords.shape[0] == 0:
+            raise ValueError(
+                f"group {self.name!r}: coords must have shape (n, d) with n >= 1, "
+                f"got {self.coords.shape}"
+            )
+        if not isinstance(self.heads, int) or self.heads < 1 or self.size % self.heads:
+            raise ValueError(
+                f"group {self.name!r}: heads={self.heads!r} must be a positive integer that "
+                f"divides its {self.size} neurons"
+            )
+        if self.labels is not None and len(self.labels) != self.size:
+            raise ValueError(
+                f"group {self.name!r}: {len(self.labels)} labels for {self.size} neurons"
+            )
+
+    @property
+    def size(self) -> int:
+        return self.coords.shape[0]
+
+    @property
+    def head_size(self) -> int:
+        return self.size // self.heads
+
+
+@dataclass
+class PermutationSpec:
+    """Groups, the tensor axes each group indexes, and how each tensor is charged.
+
+    ``axes`` maps a parameter or buffer name (as in ``module.named_parameters()``) to one entry
+    per tensor axis: a group name or ``None``. ``charges`` maps parameter names to one of
+    :data:`CHARGE_KINDS`; tensors not listed there are permuted but cost nothing.
+    """
+
+    groups: dict[str, Group]
+    axes: dict[str, tuple[str | None, ...]]
+    charges: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if isinstance(self.groups, (list, tuple)):
+            self.groups = {g.name: g for g in self.groups}
+        self.axes = {k: tuple(v) for k, v in self.axes.items()}
+        for name, groups in self.axes.items():
+            for g in groups:
+                if g is not None and g not in self.groups:
+                    raise ValueError(
+                        f"tensor {name!r} names group {g!r}, which is not in the spec "
+                        f"(groups: {', '.join(self.groups)})"
+                    )
+        for name, kind in self.charges.items():
+            if kind not in CHARGE_KINDS:
+                raise ValueError(
+                    f"tensor {name!r}: unknown charge {kind!r}; allowed: {', '.join(CHARGE_KINDS)}"
+                )
+            axes = self.axes.get(name)
+            if axes is None:
+                raise ValueError(f"charged tensor {name!r} is missing from the axes table")
+            if kind == "weight" and (len(axes) != 2 or None in axes):
+                raise ValueError(
+                    f"tensor {name!r} is charged as a weight, so both of its axes need a group; "
+                    f"got {axes}"
+                )
+
+    def axes_of(self, group: str) -> list[tuple[str, int]]:
+        """Every ``(tensor name, axis)`` that the group indexes."""
+        return [(n, d) for n, gs in self.axes.items() for d, g in enumerate(gs) if g == group]
+
+    def weights(self) -> list[str]:
+        return [n for n, k in self.charges.items() if k == "weight"]
+
+    def movable_groups(self) -> list[str]:
+        return [n for n, g in self.groups.items() if not g.frozen]
+
+    def check(self, module: nn.Module) -> None:
+        """Raise a clear error if the spec does not fit ``module``'s tensors."""
+        for name, groups in self.axes.items():
+            t = tensor(module, name)
+            if t.dim() != len(groups):
+                raise ValueError(
+                    f"tensor {name!r} has shape {tuple(t.shape)} but the spec lists "
+                    f"{len(groups)} axes"
+                )
+            for dim, g in enumerate(groups):
+                if g is None:
+                    continue
+                n = self.groups[g].size
+                if t.shape[dim] % n:
+                    raise ValueError(
+                        f"axis {dim} of {name!r} has length {t.shape[dim]}, which is not a "
+                        f"multiple (fold) of group {g!r}'s {n} neurons"
+                    )
+
+    def fold(self, module: nn.Module, name: str, dim: int) -> int:
+        return tensor(module, name).shape[dim] // self.groups[self.axes[name][dim]].size
+
+
+def tensor(module: nn.Module, name: str) -> torch.Tensor:
+    """A parameter or buffer of ``module`` by its dotted name."""
+    try:
+        return module.get_parameter(name)
+    except AttributeError:
+        pass
+    try:
+        return module.get_buffer(name)
+    except AttributeError:
+        raise KeyError(f"the model has no parameter or buffer named {name!r}") from None
+
+
+def fold_index(perm: torch.Tensor, n: int, length: int) -> torch.Tensor:
+    """Index that applies a slot permutation to an axis holding ``length // n`` folds."""
+    fold = length // n
+    offsets = torch.arange(fold, device=perm.device).unsqueeze(1) * n
+    return (offsets + perm.unsqueeze(0)).reshape(-1)
