@@ -55,6 +55,8 @@ class ConnectionCost:
         for what, value in (("A", A), ("y_star", y_star)):
             if not np.isfinite(value) or value < 0:
                 raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+        if not p >= 1:  # also refuses nan
+            raise ValueError(f"p must be >= 1 (a norm; inf for the max norm), got {p}")
         if reduction not in REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
         distance_free = set(distance_free)

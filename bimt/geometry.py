@@ -69,7 +69,7 @@ def layout(kind, n: int) -> np.ndarray:
     coords = np.asarray(kind, dtype=np.float64)
     if coords.ndim == 1:
         coords = coords[:, None]
-    if coords.ndim != 2 or coords.shape[0] != n:
+    if coords.ndim != 2 or coords.shape[0] != n or coords.shape[1] == 0:
         raise ValueError(
             f"coordinates for a layer of {n} neurons must have shape ({n}, d), "
             f"got {tuple(np.shape(kind))}"
@@ -88,7 +88,7 @@ def pairwise_distance(
     line feeding a grid) are compared by padding the lower-dimensional one with 0.5, the middle
     of the unit square.
     """
-    if p < 1:
+    if not p >= 1:  # also refuses nan
         raise ValueError(f"p must be >= 1 (a norm), got {p}")
     a, b = _pad_to_same_dim(np.asarray(out_coords, float), np.asarray(in_coords, float))
     delta = np.abs(a[:, None, :] - b[None, :, :]) * A

@@ -47,11 +47,13 @@ class Group:
         self.coords = np.asarray(self.coords, dtype=np.float64)
         if self.coords.ndim == 1:
             self.coords = self.coords[:, None]
-        if self.coords.ndim != 2 or self.coords.shape[0] == 0:
+        if self.coords.ndim != 2 or self.coords.shape[0] == 0 or self.coords.shape[1] == 0:
             raise ValueError(
-                f"group {self.name!r}: coords must have shape (n, d) with n >= 1, "
+                f"group {self.name!r}: coords must have shape (n, d) with n >= 1 and d >= 1, "
                 f"got {self.coords.shape}"
             )
+        if not np.all(np.isfinite(self.coords)):
+            raise ValueError(f"group {self.name!r}: coords must be finite numbers")
         if not isinstance(self.heads, int) or self.heads < 1 or self.size % self.heads:
             raise ValueError(
                 f"group {self.name!r}: heads={self.heads!r} must be a positive integer that "

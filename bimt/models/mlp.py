@@ -86,7 +86,8 @@ class BioMLP(nn.Module):
         if vocab_size is not None:
             if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
                 raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
-            if not isinstance(n_tokens, int) or n_tokens <= 0 or widths[0] % n_tokens:
+            if (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0
+                    or widths[0] % n_tokens):
                 raise ValueError(
                     f"n_tokens={n_tokens!r} must be a positive integer that divides the input "
                     f"width {widths[0]} (each token's embedding is one fold of the input layer)"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -136,6 +137,13 @@ def sequential_spec(
 
 def _per_layer(layout, n_layers: int) -> list:
     if isinstance(layout, str):
+        return [layout] * n_layers
+    if isinstance(layout, (np.ndarray, torch.Tensor)) and layout.ndim <= 2 and (
+        layout.dtype.is_floating_point if isinstance(layout, torch.Tensor)
+        else np.issubdtype(layout.dtype, np.number)
+    ):
+        # one (n, d) (or (n,)) array of coordinates: the same layout for every layer; a list
+        # (or a 3-D array) gives one layout per layer
         return [layout] * n_layers
     layout = list(layout)
     if len(layout) != n_layers:

@@ -1,0 +1,29 @@
+"""Pictures of spatially embedded networks: connectivity graphs, decision boundaries, GIFs.
+
+* :func:`plot_graph` - the paper's 2D connectivity graph of a BioMLP (or attached Sequential);
+* :func:`plot_graph_3d` - the 3D graph for grid / ring layers (MNIST);
+* :func:`plot_decision_boundary` - class regions of a 2-input classifier;
+* :func:`save_figure` - atomic PNG / SVG / ... writing;
+* :class:`GraphRecorder` and :func:`write_animation` - the graph evolving during training.
+
+The drawing conventions (blue/red by sign, width ``|w| / max|w|`` of the layer) live in
+:mod:`bimt.viz.style`, re-exported here for other drawings to share.
+"""
+
+
+from ._io import atomic_write, close_figure, save_figure
+from .animation import GraphRecorder, Snapshot, render_frames, snapshot, write_animation
+from .graph import LayeredView, layered_view, plot_decision_boundary, plot_graph, plot_graph_3d
+from .style import (
+    MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, normalized_weights,
+    weight_collection, weight_colors, weight_linewidths,
+)
+
+
+__all__ = [
+    "plot_graph", "plot_graph_3d", "plot_decision_boundary", "save_figure", "GraphRecorder",
+    "write_animation", "Snapshot", "snapshot", "render_frames", "atomic_write", "close_figure",
+    "LayeredView", "layered_view",
+    "POSITIVE_COLOR", "NEGATIVE_COLOR", "NEURON_COLOR", "MAX_LINEWIDTH", "normalized_weights",
+    "weight_colors", "weight_linewidths", "weight_collection", "keep_mask",
+]

@@ -1,0 +1,80 @@
+"""Atomic file writing: a temporary file in the target's directory, then ``os.replace``."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def atomic_write(path, write) -> Path:
+    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place.
+
+    A reader never sees a half-written file, and a failed write leaves nothing behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:  # like mkstemp, but mode 0o666 & ~umask, as a plain open() would give
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+#: Formats ``save_figure`` recognises in a path's suffix.
+FIGURE_FORMATS = ("png", "svg", "pdf", "jpg", "jpeg", "eps", "ps", "tif", "tiff", "webp")
+
+
+def save_figure(fig, path, formats=None, *, dpi: float = 150, close: bool = True, **savefig_kw):
+    """Write ``fig`` atomically, once per format; returns the written paths.
+
+    ``path`` may carry a suffix (``"out/graph.png"``) or not (``"out/graph"``). With
+    ``formats=None``: a path with a known suffix is written in that format only, a path without
+    one as ``.png`` and ``.svg``. With explicit ``formats`` (e.g. ``("png", "svg")``) the suffix
+    is replaced by each. Each file goes to a temporary file in the same directory first and is
+    then moved into place with ``os.replace``. The figure is closed afterwards (``close=False``
+    keeps it).
+    """
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
+    if formats is None:
+        formats = (suffix,) if suffix in FIGURE_FORMATS else ("png", "svg")
+    if isinstance(formats, str):
+        formats = (formats,)
+    stem = path.with_suffix("") if suffix in FIGURE_FORMATS else path
+    written = []
+    savefig_kw.setdefault("bbox_inches", "tight")
+    try:
+        for fmt in formats:
+            fmt = str(fmt).lower().lstrip(".")
+            if fmt not in FIGURE_FORMATS:
+                raise ValueError(f"unknown figure format {fmt!r}; allowed: {', '.join(FIGURE_FORMATS)}")
+            target = stem.with_name(f"{stem.name}.{fmt}")
+            atomic_write(target, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi, **savefig_kw))
+            written.append(target)
+    finally:
+        if close:
+            close_figure(fig)
+    return written
+
+
+def close_figure(fig) -> None:
+    """Release a figure: drop it from pyplot's registry if pyplot holds it, and clear it."""
+    import sys
+
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close(fig)
+    fig.clear()

@@ -1,0 +1,358 @@
+"""bimt.swap: swap passes never change the function, never raise the cost, reach the same swaps
+as the naive reference search, and commute with training when the optimizer state moves too."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import bimt
+from bimt import ConnectionCost, Group, PermutationSpec, geometry
+from bimt.spec import fold_index
+from conftest import apply_report, build, inputs, mlp_configs, state
+
+ATOL = 1e-5
+
+
+def _max_diff(a, b):
+    return float((a - b).abs().max()) if a.numel() else 0.0
+
+
+# -- (a) the function never changes -------------------------------------------------------------
+@settings(max_examples=60, deadline=None)
+@given(cfg=mlp_configs(), mode=st.sampled_from(["greedy", "exact"]))
+def test_swap_pass_keeps_outputs(cfg, mode):
+    model = build(cfg)
+    x = inputs(model)
+    with torch.no_grad():
+        y0 = model(x)
+    before = copy.deepcopy(model)
+    report = model.swap(cfg["top_k"], mode)
+    with torch.no_grad():
+        y1 = model(x)
+    assert y1.dtype == torch.float32
+    assert _max_diff(y0, y1) <= ATOL, report
+
+    # the report's permutations, applied to an untouched copy, reproduce every tensor exactly
+    assert set(report.permutations) <= set(model.spec.movable_groups())
+    replay = copy.deepcopy(before)
+    apply_report(replay, replay.spec, report)
+    for k, v in state(model).items():
+        assert torch.equal(v, state(replay)[k]), k
+
+    # frozen groups did not move: the columns (inputs) / rows (outputs) they index are unchanged
+    last = len(model.linears) - 1
+    if cfg["freeze_input"]:
+        assert "layer0" not in report.permutations
+        rows = report.permutations.get("layer1", np.arange(model.widths[1]))
+        if model.embedding is not None:
+            assert torch.equal(model.embedding, before.embedding)
+        else:
+            assert torch.equal(model.input_order, torch.arange(model.widths[0]))
+        assert torch.equal(model.linears[0].weight, before.linears[0].weight[rows])
+    if cfg["freeze_output"]:
+        assert f"layer{last + 1}" not in report.permutations
+        assert torch.equal(model.output_order, torch.arange(model.widths[-1]))
+        W = before.linears[last].weight
+        n = model.spec.groups[f"layer{last}"].size
+        perm = torch.as_tensor(report.permutations.get(f"layer{last}", np.arange(n)))
+        assert torch.equal(model.linears[last].weight, W[:, fold_index(perm, n, W.shape[1])])
+        if model.linears[last].bias is not None:
+            assert torch.equal(model.linears[last].bias, before.linears[last].bias)
+
+
+@pytest.mark.parametrize("mode", ["greedy", "exact"])
+def test_swaps_move_input_and_output_neurons_and_keep_interface(mode):
+    # every layer wired "crossed" (neuron j to neuron 5 - j): the best placement reverses a
+    # layer, so interface neurons must move too
+    torch.manual_seed(0)
+    model = bimt.BioMLP([6, 6, 6], A=3.0, y_star=0.1)
+    with torch.no_grad():
+        for lin in model.linears:
+            lin.weight.mul_(0.01)
+            lin.weight[torch.arange(6), torch.arange(6).flip(0)] = 1.0
+    x = torch.randn(5, 6)
+    y0 = model(x).detach()
+    report = model.swap(None, mode)
+    assert report.cost_after < report.cost_before
+    assert {"layer0", "layer2"} & set(report.moved)
+    assert not (torch.equal(model.input_order, torch.arange(6))
+                and torch.equal(model.output_order, torch.arange(6)))
+    assert _max_diff(model(x).detach(), y0) <= ATOL
+
+
+@settings(max_examples=40, deadline=None)
+@given(cfg=mlp_configs(), data=st.data(), via=st.sampled_from(["apply_permutation", "permute"]))
+def test_manual_permutations_keep_outputs(cfg, data, via):
+    model = build(cfg)
+    x = inputs(model)
+    y0 = model(x).detach()
+    cost0 = model.wiring.connection_cost.total(model)
+    for g, group in model.spec.groups.items():
+        perm = data.draw(st.permutations(list(range(group.size))))
+        if via == "permute":
+            model.wiring.permute(g, perm)
+        else:
+            bimt.apply_permutation(model, model.spec, g, np.array(perm))
+    assert _max_diff(model(x).detach(), y0) <= ATOL
+    if cfg["A"] == 0:  # without locality, positions cost nothing
+        assert model.wiring.connection_cost.total(model) == pytest.approx(cost0, rel=1e-12)
+
+
+def test_apply_permutation_rejects_non_permutations():
+    model = build(dict(widths=[3, 4, 2]))
+    for bad in ([0, 1, 2], [0, 1, 2, 2], [1, 2, 3, 4], [[0, 1], [2, 3]]):
+        with pytest.raises(ValueError, match=r"permutation of group 'layer1' must list 0\.\.3"):
+            bimt.apply_permutation(model, model.spec, "layer1", bad)
+
+
+def test_optimizer_state_and_grads_move_with_weights():
+    torch.manual_seed(1)
+    model = bimt.BioMLP([3, 5, 2])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    x = torch.randn(8, 3)
+    model(x).pow(2).mean().backward()
+    opt.step()
+    model(x).pow(2).mean().backward()
+    W, b = model.linears[0].weight, model.linears[0].bias
+    before = {k: v.clone() for k, v in opt.state[W].items()}
+    before_b = {k: v.clone() for k, v in opt.state[b].items()}
+    g0 = W.grad.clone()
+    perm = [4, 2, 0, 1, 3]
+    model.wiring.permute("layer1", perm, optimizer=opt)
+    for k in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(opt.state[W][k], before[k][perm])
+        assert torch.equal(opt.state[b][k], before_b[k][perm])
+    assert torch.equal(opt.state[W]["step"], before["step"])
+    assert torch.equal(W.grad, g0[perm])
+
+
+# -- (c) the cost never rises; exact never worse than greedy --------------------------------
+@settings(max_examples=50, deadline=None)
+@given(cfg=mlp_configs())
+def test_greedy_never_raises_cost_and_exact_is_at_least_as_good(cfg):
+    model = build(cfg)
+    g_model, e_model = copy.deepcopy(model), copy.deepcopy(model)
+    tol = 1e-9 * max(1.0, model.wiring.connection_cost.total(model))
+    greedy = g_model.swap(cfg["top_k"], "greedy")
+    exact = e_model.swap(cfg["top_k"], "exact")
+    assert greedy.cost_before == exact.cost_before
+    assert greedy.cost_after <= greedy.cost_before + tol
+    assert exact.cost_after <= greedy.cost_after + tol
+    assert greedy.cost_after == pytest.approx(g_model.wiring.connection_cost.total(g_model))
+    # exact is block-coordinate descent (one group at a time), not a global optimum: a later
+    # pass may still gain, but never lose
+    again = e_model.swap(cfg["top_k"], "exact")
+    assert again.cost_after <= again.cost_before + tol
+
+
+def test_exact_finds_relocations_greedy_cannot():
+    strictly_better = 0
+    for seed in range(6):
+        torch.manual_seed(seed)
+        model = bimt.BioMLP([6, 8, 8, 4], A=2.0, y_star=0.2)
+        greedy = copy.deepcopy(model).swap(None, "greedy")
+        exact = model.swap(None, "exact")
+        assert exact.cost_after <= greedy.cost_after + 1e-9
+        strictly_better += exact.cost_after < greedy.cost_after - 1e-6
+    assert strictly_better > 0
+
+
+# -- the greedy pass reaches the naive reference search's swaps ------------------------------
+def naive_greedy(model, spec, cost, top_k):
+    """The paper's reference search: swap, recompute the whole cost, swap back, per candidate.
+
+    Returns ``{group: perm}`` (slot ``s`` holds the neuron that was at slot ``perm[s]`` when the
+    pass reached the group), having applied them to ``model``.
+    """
+    perms = {}
+    for g in spec.movable_groups():
+        n = spec.groups[g].size
+        if n < 2:
+            continue
+        score = np.zeros(n)  # summed |w| of every weight and embedding touching each neuron
+        for name, kind in spec.charges.items():
+            if kind == "bias":
+                continue
+            t = model.get_parameter(name).detach().abs().double()
+            for dim, grp in enumerate(spec.axes[name]):
+                if grp == g:
+                    tt = t.movedim(dim, 0)
+                    for row in range(tt.shape[0]):
+                        score[row % n] += float(tt[row].sum())
+        k = n if top_k is None else min(top_k, n)
+        order = np.argsort(-score, kind="stable")[:k]
+        slot_of = np.arange(n)  # neuron (by identity = slot at start) -> current slot
+        for j in order:
+            base = cost.total(model)
+            best, best_cost = None, None
+            for other in range(n):
+                if other == j:
+                    continue
+                a, b = slot_of[j], slot_of[other]
+                swap = np.arange(n)
+                swap[a], swap[b] = b, a
+                bimt.apply_permutation(model, spec, g, swap)
+                c = cost.total(model)
+                bimt.apply_permutation(model, spec, g, swap)  # swap back
+                if best_cost is None or c < best_cost:
+                    best, best_cost = other, c
+            if best_cost < base - 1e-12 * max(abs(base), 1.0):
+                a, b = slot_of[j], slot_of[best]
+                swap = np.arange(n)
+                swap[a], swap[b] = b, a
+                bimt.apply_permutation(model, spec, g, swap)
+                slot_of[j], slot_of[best] = b, a
+        perm = np.empty(n, dtype=int)
+        perm[slot_of] = np.arange(n)
+        perms[g] = perm
+    return perms
+
+
+@settings(max_examples=25, deadline=None)
+@given(cfg=mlp_configs(max_width=6, max_depth=3, grid=False))
+def test_greedy_matches_naive_reference(cfg):
+    model = build(cfg)
+    naive_model = copy.deepcopy(model)
+    report = model.swap(cfg["top_k"], "greedy")
+    perms = naive_greedy(naive_model, naive_model.spec, naive_model.wiring.connection_cost,
+                         cfg["top_k"])
+    for g, perm in perms.items():
+        np.testing.assert_array_equal(report.permutations.get(g, np.arange(len(perm))), perm,
+                                      err_msg=g)
+    for k, v in state(model).items():
+        assert torch.equal(v, state(naive_model)[k]), k
+    assert report.cost_after == pytest.approx(naive_model.wiring.connection_cost.total(naive_model),
+                                              rel=1e-12)
+
+
+def test_greedy_matches_naive_reference_mnist_like():
+    torch.manual_seed(3)
+    model = bimt.BioMLP([16, 9, 9, 4], layout=["grid", "grid", "grid", "ring"], A=2.0,
+                        y_star=0.5, reduction="mean", freeze_input=True)
+    naive_model = copy.deepcopy(model)
+    report = model.swap(5, "greedy")
+    assert report.swaps > 0
+    perms = naive_greedy(naive_model, naive_model.spec, naive_model.wiring.connection_cost, 5)
+    for g, perm in perms.items():
+        np.testing.assert_array_equal(report.permutations.get(g, np.arange(len(perm))), perm)
+
+
+# -- groups with heads -------------------------------------------------------------------------
+def _head_model(seed, heads=3, d=2):
+    torch.manual_seed(seed)
+    n = heads * d
+    groups = {"in": Group("in", geometry.line(4), frozen=True),
+              "h": Group("h", geometry.line(n), heads=heads),
+              "out": Group("out", geometry.line(3), frozen=True)}
+    spec = PermutationSpec(groups, {"w1": ("h", "in"), "b1": ("h",), "w2": ("out", "h")},
+                           {"w1": "weight", "b1": "bias", "w2": "weight"})
+    m = torch.nn.Module()
+    m.w1 = torch.nn.Parameter(torch.randn(n, 4))
+    m.b1 = torch.nn.Parameter(torch.randn(n))
+    m.w2 = torch.nn.Parameter(torch.randn(3, n))
+    return m, spec
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("mode", ["greedy", "exact"])
+def test_heads_move_as_blocks(seed, mode):
+    m, spec = _head_model(seed)
+    x = torch.randn(5, 4)
+    f = lambda: torch.tanh(x @ m.w1.T + m.b1) @ m.w2.T
+    y0 = f().detach()
+    cost = ConnectionCost(spec, A=2.0, y_star=0.3)
+    report = bimt.swap_pass(m, spec, cost, mode=mode)
+    assert report.cost_after <= report.cost_before + 1e-9
+    assert _max_diff(f().detach(), y0) <= ATOL
+    perm = report.permutations.get("h", np.arange(6))
+    # every head's slots hold exactly the neurons of one former head
+    for h in range(3):
+        assert len({int(v) // 2 for v in perm[2 * h:2 * h + 2]}) == 1
+
+
+# -- (d) swapping commutes with training -------------------------------------------------------
+def _train(model, opt, batches, lam, cost):
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y) + lam * cost.value(model)
+        loss.backward()
+        opt.step()
+
+
+def _commute_setup(seed, tokens):
+    torch.manual_seed(seed)
+    if tokens:
+        model = bimt.BioMLP([6, 7, 5, 4], vocab_size=5, n_tokens=2, A=0.0, y_star=0.5)
+        xs = [torch.randint(0, 5, (16, 2)) for _ in range(10)]
+    else:
+        model = bimt.BioMLP([4, 7, 6, 3], A=0.0, y_star=1.0)
+        xs = [torch.rand(16, 4) * 2 - 1 for _ in range(10)]
+    batches = [(x, torch.randn(16, model.widths[-1])) for x in xs]
+    return model, batches
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_swapping_commutes_with_training(seed, tokens):
+    """Train, swap (optimizer passed), train more == train all the way, then permute.
+
+    The training cost has A = 0 (plain L1: position-independent), because with A > 0 the
+    locality gradient ``sign(w) * A * |dx|`` depends on *where* a neuron sits, so a neuron that
+    moved feels a different gradient and the property does not hold. The swaps are judged by
+    a local cost (A = 2), as in the L1+Swap ablation, so that neurons really move.
+    """
+    model, batches = _commute_setup(seed, tokens)
+    other = copy.deepcopy(model)
+    lam, train_cost = 1e-2, model.wiring.connection_cost
+    assert train_cost.A == 0
+    swap_cost = model.wiring.with_cost(A=2.0)
+
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, opt, batches[:5], lam, train_cost)
+    report = model.swap(top_k=None, mode="exact", optimizer=opt, cost=swap_cost)
+    assert report.swaps > 0 and report.moved
+    _train(model, opt, batches[5:], lam, train_cost)
+
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    _train(other, opt2, batches, lam, other.wiring.connection_cost)
+    apply_report(other, other.spec, report)
+    for k, v in state(model).items():
+        torch.testing.assert_close(v, state(other)[k], atol=1e-5, rtol=0, msg=k)
+
+
+def test_swapping_without_the_optimizer_breaks_commutation():
+    model, batches = _commute_setup(0, False)
+    other = copy.deepcopy(model)
+    lam, train_cost = 1e-2, model.wiring.connection_cost
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    _train(model, opt, batches[:5], lam, train_cost)
+    report = model.swap(top_k=None, mode="exact", optimizer=None,
+                        cost=model.wiring.with_cost(A=2.0))
+    assert report.swaps > 0
+    _train(model, opt, batches[5:], lam, train_cost)
+    opt2 = torch.optim.AdamW(other.parameters(), lr=1e-2)
+    _train(other, opt2, batches, lam, other.wiring.connection_cost)
+    apply_report(other, other.spec, report)
+    worst = max(_max_diff(v, state(other)[k]) for k, v in state(model).items()
+                if v.is_floating_point())
+    assert worst > 1e-3
+
+
+# -- bad inputs --------------------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_top_k_raises(bad):
+    model = build(dict(widths=[3, 4, 2]))
+    with pytest.raises(ValueError, match=rf"top_k must be a positive integer .*got {bad!r}"):
+        model.swap(bad)
+
+
+def test_unknown_mode_and_group_raise():
+    model = build(dict(widths=[3, 4, 2]))
+    with pytest.raises(ValueError, match="unknown swap mode 'optimal'"):
+        model.swap(3, "optimal")
+    with pytest.raises(ValueError, match="unknown group 'layer9'"):
+        model.swap(3, groups=["layer9"])
