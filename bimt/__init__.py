@@ -2,17 +2,37 @@
 
 Neurons get positions, every connection costs its length times its strength, and neurons swap
 places to shorten the wiring, so trained networks come out sparse and modular.
+
+The core (geometry, spec, cost, swap, models) is imported here; ``bimt.train``,
+``bimt.tasks``, ``bimt.analysis`` and ``bimt.viz`` load on first use.
 """
+
+import importlib
 
 from . import geometry
 from .cost import ConnectionCost
-from .models import BioMLP, Wiring, attach
+from .models import BioMLP, BioTransformer, Wiring, attach
 from .spec import Group, PermutationSpec
 from .swap import SwapReport, apply_permutation, swap_pass
 
 __version__ = "0.1.0"
 
+_LAZY_MODULES = ("analysis", "bench", "reproduce", "tasks", "train", "viz")
+_LAZY_NAMES = {"TrainConfig": "train", "load_model": "train", "Task": "tasks", "task_from_arrays": "tasks",
+               "task_from_function": "tasks", "register_task": "tasks"}
+
 __all__ = [
-    "BioMLP", "ConnectionCost", "Group", "PermutationSpec", "SwapReport", "Wiring",
-    "apply_permutation", "attach", "geometry", "swap_pass",
+    "BioMLP", "BioTransformer", "ConnectionCost", "Group", "PermutationSpec", "SwapReport",
+    "Wiring", "apply_permutation", "attach", "geometry", "swap_pass", "fit", "TrainConfig", "load_model",
+    "Task", "task_from_arrays", "task_from_function", "register_task", "analysis", "viz", "tasks",
 ]
+
+
+def __getattr__(name):
+    if name == "fit":  # ``bimt.fit(task=..., steps=...)``: the trainer, by a name that is not its module's
+        return importlib.import_module(".train", __name__).train
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'bimt' has no attribute {name!r}")

@@ -798,3 +798,73 @@ def summary(model, evaluate: Callable[[nn.Module], float] | None = None,
     if evaluate is not None:
         out["metric"] = _evaluate(evaluate, module)
     return out
+
+
+# -- a run directory, analysed (``bimt analyze``) ---------------------------------------------
+def run_evaluator(run_dir):
+    """``(model, config, evaluate)`` for a run: ``evaluate(module)`` is the test loss."""
+    from .tasks import get_task
+    from .train import _targets, load_model
+
+    model, cfg = load_model(run_dir)
+    task = get_task(cfg.task)
+    data = task.make_data(cfg.seed, cfg.data_dir)
+    loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
+    predict = task.predict or (lambda o: o)
+    target = _targets(data.y_test, cfg, model)
+
+    def evaluate(module) -> float:
+        return float(loss_fn(predict(module(data.X_test)), target))
+
+    def accuracy(module) -> float:
+        return float((predict(module(data.X_test)).argmax(-1) == data.y_test).float().mean())
+
+    return model, cfg, evaluate, (accuracy if task.kind == "classification" else None)
+
+
+def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool = True) -> dict:
+    """Modularity, modules and active neurons of a run, written to ``analysis.json`` / ``.md``.
+
+    ``prune`` adds ``pruning_frontier.png`` (+ csv); ``knockout`` adds ``knockout.md``, the
+    metric after knocking out each module found by :func:`find_modules` (Fig. 5 right).
+    """
+    from pathlib import Path
+
+    from . import viz
+    from .fileio import atomic_write_bytes, write_json
+
+    run_dir = Path(run_dir)
+    model, cfg, evaluate, accuracy = run_evaluator(run_dir)
+    report = summary(model, evaluate)
+    report["test_loss"] = report.pop("metric")
+    report["modules"] = [module_slots(m) for m in find_modules(model)]
+    lines = [f"# Analysis of {run_dir.name} ({cfg.task}, {cfg.method}, seed {cfg.seed})", "",
+             f"- modularity: {report['modularity']}",
+             f"- modules (threshold {MODULE_THRESHOLD} of each tensor's max |w|): {report['n_modules']}"
+             f" of sizes {report['module_sizes']}",
+             f"- active neurons per layer: {report['active_neurons']}",
+             f"- nonzero charged parameters: {report['n_nonzero']} of {report['n_params']}",
+             f"- test loss: {report['test_loss']:.6g}"]
+    if prune:
+        frontier = pruning_frontier(model, evaluate)
+        report["pruning_frontier"] = [[int(n), float(l)] for n, l in frontier]
+        fig = plot_pruning_frontier({f"{cfg.task} {cfg.method}": frontier})
+        viz.save_figure(fig, run_dir / "pruning_frontier", formats=("png",))
+        csv_text = "n_unpruned,test_loss\n" + "".join(f"{n},{l}\n" for n, l in frontier)
+        atomic_write_bytes(run_dir / "pruning_frontier.csv", csv_text.encode())
+        lines.append("- pruning frontier: pruning_frontier.png, pruning_frontier.csv")
+    if knockout:
+        modules = {_letters(i): m for i, m in enumerate(find_modules(model))}
+        metric = accuracy or evaluate
+        rows = knockout_table(model, modules, metric)
+        report["knockout"] = rows
+        name = "test accuracy" if accuracy else "test loss"
+        table = [f"| module | neurons | {name} |", "|---|---|---|"]
+        table += [f"| {r['module']} | {r['n_neurons']} | {r['metric']:.4g} |" for r in rows]
+        atomic_write_bytes(run_dir / "knockout.md", ("\n".join(table) + "\n").encode())
+        lines += ["", "## Knock-outs", "", *table]
+    write_json(run_dir / "analysis.json", report)
+    atomic_write_bytes(run_dir / "analysis.md", ("\n".join(lines) + "\n").encode())
+    if echo:
+        print("\n".join(lines))
+    return report

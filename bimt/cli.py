@@ -154,7 +154,7 @@ def _plot(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .report import analyze_run
+    from .analysis import analyze_run
 
     analyze_run(args.run_dir, prune=args.prune, knockout=args.knockout)
     return 0

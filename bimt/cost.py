@@ -129,6 +129,8 @@ class ConnectionCost:
             return
         for name, kind in self.terms():
             t = tensor(module, name)
+            if not t.requires_grad:  # as autograd: a frozen tensor gets no gradient
+                continue
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
             scale = self._scale(module, name, kind, t)

@@ -24,11 +24,9 @@ import copy
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +36,7 @@ import torch
 from torch import nn
 
 from .cost import ConnectionCost
+from .fileio import atomic_write_bytes, write_json
 from .swap import SWAP_MODES, swap_pass
 from .tasks import Data, Task, get_task
 
@@ -228,9 +227,14 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     swaps = cfg.method in ("l1-swap", "bimt")
     settings = dict(y_star=cfg.y_star, p=cfg.p, reduction=cfg.reduction,
                     distance_free=_distance_free(model, cfg))
+    # what the run is charged (reported as connection_cost), and what its gradient follows
     local_cost = ConnectionCost(model.spec, A=cfg.A, **settings)
     grad_cost = ConnectionCost(model.spec, A=grad_A, **settings)
     grad_cost_no_bias = ConnectionCost(model.spec, A=grad_A, bias=False, **settings)
+    # swaps are judged by the full local cost: a distance-free layer only shapes the gradient
+    # (as in the reference code, so MNIST's output ring can still rearrange its classes)
+    swap_cost = ConnectionCost(model.spec, A=cfg.A, y_star=cfg.y_star, p=cfg.p,
+                               reduction=cfg.reduction)
     bias_from = int(round(cfg.bias_free_fraction * cfg.steps))
 
     loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
@@ -275,20 +279,14 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
         optimizer.step()
         step += 1
         if swaps and step % cfg.swap_every == 0:
-            swap_pass(model, model.spec, local_cost, cfg.top_k, cfg.swap_mode, optimizer)
+            swap_pass(model, model.spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
         if cfg.animate and step % snapshot_every == 0:
             snapshots.append(_snapshot(model, step))
         if step % cfg.eval_every == 0 or step == cfg.steps:
             train_loss = float(loss.detach())
             if not math.isfinite(train_loss):
                 bar.close()
-                kept = (run_dir / "checkpoint.pt") if run_dir and (run_dir / "checkpoint.pt").exists() else None
-                raise TrainingDiverged(
-                    f"the training loss became {train_loss} at step {step} "
-                    f"(lambda={lam:g}, lr={cfg.lr:g}); "
-                    + (f"the last good checkpoint is kept at {kept}" if kept else "no checkpoint was written")
-                    + "; try a smaller lr or lambda"
-                )
+                raise _diverged(f"the training loss became {train_loss}", step, lam, cfg, run_dir)
             row = _evaluate(model, data, cfg, task, loss_fn, predict, local_cost)
             row.update(step=step, lam=lam, train_loss_batch=train_loss,
                        wall_s=round(time.perf_counter() - start, 3))
@@ -296,6 +294,9 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
             bar.set_postfix_str(_postfix(row), refresh=False)
         bar.update(1)
         if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
+            if not _all_finite(model):  # never overwrite a good checkpoint with a broken one
+                bar.close()
+                raise _diverged("the parameters are no longer finite", step, lam, cfg, run_dir)
             save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, history,
                             dataclasses.asdict(config), time.perf_counter() - start, snapshots)
     bar.close()
@@ -308,6 +309,19 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
         if plots:
             write_plots(result)
     return result
+
+
+def _all_finite(model) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _diverged(what: str, step: int, lam: float, cfg, run_dir) -> TrainingDiverged:
+    kept = run_dir / "checkpoint.pt" if run_dir is not None else None
+    where = (f"the last good checkpoint is kept at {kept}" if kept is not None and kept.exists()
+             else "no checkpoint was written")
+    return TrainingDiverged(
+        f"{what} at step {step} (lambda={lam:g}, lr={cfg.lr:g}); {where}; try a smaller lr or lambda"
+    )
 
 
 def _targets(y: torch.Tensor, cfg: TrainConfig, model) -> torch.Tensor:
@@ -405,37 +419,6 @@ def _progress(cfg, initial, enabled):
 
 
 # -- files ---------------------------------------------------------------------------------
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file so that it is either the old or the new version, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, (Path,)):
-        return str(o)
-    raise TypeError(f"cannot write {type(o).__name__} to JSON")
-
-
 def write_history_csv(path, history: list[dict]) -> None:
     if not history:
         return
@@ -496,9 +479,7 @@ def write_plots(result: TrainResult) -> None:
     from . import viz
 
     run_dir, model = result.run_dir, result.model
-    three_d = any(g.coords.shape[1] == 2 for g in model.spec.groups.values())
-    fig = viz.plot_graph_3d(model) if three_d else viz.plot_graph(model)
-    viz.save_figure(fig, run_dir / "graph", formats=("png", "svg"))
+    viz.save_figure(model.plot(), run_dir / "graph", formats=("png", "svg"))
     d = result.data
     two_input_classifier = (
         d.X_train.ndim == 2 and d.X_train.shape[1] == 2 and d.X_train.is_floating_point()
@@ -508,4 +489,6 @@ def write_plots(result: TrainResult) -> None:
         fig = viz.plot_decision_boundary(model, d.X_test, d.y_test)
         viz.save_figure(fig, run_dir / "decision_boundary", formats=("png",))
     if result.config.animate and result.snapshots:
-        viz.write_animation(model, result.snapshots, run_dir / "evolution.gif")
+        boundary = (d.X_test, d.y_test) if two_input_classifier else None
+        viz.write_animation(model, result.snapshots, run_dir / "evolution.gif",
+                            decision_boundary_data=boundary)

@@ -21,7 +21,7 @@ def _ref(model, cfg):
                     cfg["reduction"], cfg["last_distance_free"])
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(cfg=mlp_configs(max_width=6))
 def test_cost_matches_brute_force(cfg):
     model = build(cfg)
@@ -96,7 +96,7 @@ def test_a_zero_is_plain_l1():
 
 
 # -- gradient ----------------------------------------------------------------------------------
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(cfg=mlp_configs(max_width=6), lam=st.sampled_from([1e-3, 0.1, 2.0]))
 def test_add_grad_matches_autograd(cfg, lam):
     model = build(cfg)
@@ -118,6 +118,19 @@ def test_add_grad_matches_autograd(cfg, lam):
             torch.testing.assert_close(p.grad, 2 * expected[n], rtol=1e-5, atol=1e-7)
 
 
+def test_add_grad_skips_tensors_that_do_not_require_grad():
+    model = build(dict(widths=[3, 4, 2], vocab_size=None))
+    model.linears[0].weight.requires_grad_(False)
+    cost = model.wiring.connection_cost
+    cost.value(model).backward()
+    assert model.linears[0].weight.grad is None
+    expected = model.linears[1].weight.grad.clone()
+    model.zero_grad(set_to_none=True)
+    cost.add_grad_(model, 1.0)
+    assert model.linears[0].weight.grad is None
+    torch.testing.assert_close(model.linears[1].weight.grad, expected)
+
+
 def test_add_grad_lambda_zero_is_noop():
     model = build(dict(widths=[3, 4, 2]))
     model.wiring.connection_cost.add_grad_(model, 0.0)
@@ -125,7 +138,7 @@ def test_add_grad_lambda_zero_is_noop():
 
 
 # -- placement matrix --------------------------------------------------------------------------
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(cfg=mlp_configs(max_width=7), data=st.data())
 def test_placement_matrix_predicts_permutation_delta(cfg, data):
     model = build(cfg)

@@ -96,7 +96,7 @@ def test_unknown_layout_name():
         geometry.layout("hexagon", 4)
 
 
-@pytest.mark.parametrize("shape", [(3, 1), (5, 2), (4, 2, 1)])
+@pytest.mark.parametrize("shape", [(3, 1), (5, 2), (4, 2, 1), (4, 0)])
 def test_layout_wrong_shape_raises(shape):
     with pytest.raises(ValueError, match=rf"layer of 4 neurons must have shape \(4, d\), got {re_tuple(shape)}"):
         geometry.layout(np.zeros(shape), 4)

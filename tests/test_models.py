@@ -143,7 +143,7 @@ def sequentials(draw):
     return widths, layers
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(net=sequentials(), mode=st.sampled_from(["greedy", "exact"]),
        top_k=st.one_of(st.none(), st.integers(1, 5)), seed=st.integers(0, 999),
        A=st.sampled_from([0.5, 2.0]), p=st.sampled_from([1.0, 2.0]),
@@ -245,10 +245,23 @@ def test_attach_other_bad_inputs():
         bimt.attach(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="square number of neurons, got 3"):
         bimt.attach(nn.Sequential(nn.Linear(4, 3)), layout="grid")
+    module = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ValueError, match="A must be a finite number >= 0, got -2"):
-        bimt.attach(nn.Sequential(nn.Linear(4, 3)), A=-2)
+        bimt.attach(module, A=-2)
+    assert not hasattr(module, "bimt_input_order") and not module._forward_pre_hooks
+    with pytest.raises(ValueError, match="unknown reduction 'median'"):
+        bimt.attach(module, reduction="median")
     with pytest.raises(ValueError, match="y_star must be a finite number >= 0, got -0.5"):
         bimt.attach(nn.Sequential(nn.Linear(4, 3)), y_star=-0.5)
+
+
+def test_reattach_after_interface_change_refused():
+    module = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 4))
+    bimt.attach(module)
+    module.append(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match="attached with 4 inputs and 4 outputs, but now has 4 "
+                                         "inputs and 2 outputs"):
+        bimt.attach(module)
 
 
 def test_attach_on_a_prebuilt_spec_mismatch():

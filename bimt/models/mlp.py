@@ -160,6 +160,14 @@ class BioMLP(nn.Module):
         """One swap pass; see :func:`bimt.swap_pass`."""
         return self.wiring.swap(top_k, mode, optimizer, **kw)
 
+    def plot(self, ax=None, **kw):
+        """The connectivity graph (3D when a layer is a grid or ring); returns the Figure."""
+        from .. import viz
+
+        if any(g.coords.shape[1] == 2 for g in self.spec.groups.values()):
+            return viz.plot_graph_3d(self, ax=ax, **kw)
+        return viz.plot_graph(self, ax=ax, **kw)
+
     def extra_repr(self) -> str:
         tokens = f", vocab={self.embedding.shape[0]}x{self.n_tokens}" if self.embedding is not None else ""
         return f"widths={self.widths}{tokens}"

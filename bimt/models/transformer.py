@@ -318,6 +318,12 @@ class BioTransformer(nn.Module):
         """One swap pass over every group; see :func:`bimt.swap_pass`."""
         return self.wiring.swap(top_k, mode, optimizer, **kw)
 
+    def plot(self, ax=None, **kw):
+        """The connectivity graph in the layout of the paper's Fig. 7; returns the Figure."""
+        from ..viz.transformer import plot_transformer_graph
+
+        return plot_transformer_graph(self, ax=ax, **kw)
+
     def extra_repr(self) -> str:
         return (
             f"d_in={self.d_in}, d_out={self.d_out}, d_model={self.d_model}, "

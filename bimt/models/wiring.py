@@ -170,6 +170,8 @@ def attach(
     order while input and output neurons move. Attaching twice reuses them.
     """
     spec = sequential_spec(module, layout, freeze_inputs, freeze_outputs)
+    settings = dict(A=A, y_star=y_star, p=p, bias=bias, reduction=reduction)
+    ConnectionCost(spec, **settings)  # refuse bad settings before the module is touched
     first = next(m for m in module if isinstance(m, nn.Linear))
     last = [m for m in module if isinstance(m, nn.Linear)][-1]
     device = first.weight.device
@@ -178,7 +180,15 @@ def attach(
         module.register_buffer(OUTPUT_ORDER, torch.arange(last.out_features, device=device))
         module.register_forward_pre_hook(_order_inputs)
         module.register_forward_hook(_order_outputs)
-    return Wiring(module, spec, A=A, y_star=y_star, p=p, bias=bias, reduction=reduction)
+    else:
+        sizes = (getattr(module, INPUT_ORDER).numel(), getattr(module, OUTPUT_ORDER).numel())
+        if sizes != (first.in_features, last.out_features):
+            raise ValueError(
+                f"this Sequential was attached with {sizes[0]} inputs and {sizes[1]} outputs, "
+                f"but now has {first.in_features} inputs and {last.out_features} outputs; "
+                "attach a fresh module after changing its interface"
+            )
+    return Wiring(module, spec, **settings)
 
 
 def _order_inputs(module, args):

@@ -2,35 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file next to ``path``, then move it into place.
-
-    A reader never sees a half-written file, and a failed write leaves nothing behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:  # like mkstemp, but mode 0o666 & ~umask, as a plain open() would give
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        try:
-            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+from ..fileio import atomic_write
 
 
 #: Formats ``save_figure`` recognises in a path's suffix.

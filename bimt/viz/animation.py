@@ -151,10 +151,12 @@ def _even_subset(items: list, k: int | None) -> list:
 
 
 def _frame_kind(model, kind: str) -> str:
-    if kind not in ("auto", "2d", "3d"):
-        raise ValueError(f"kind must be 'auto', '2d' or '3d', got {kind!r}")
+    if kind not in ("auto", "2d", "3d", "own"):
+        raise ValueError(f"kind must be 'auto', '2d', '3d' or 'own', got {kind!r}")
     if kind != "auto":
         return kind
+    if hasattr(model, "residual_stream"):  # a transformer draws itself (Fig. 7 layout)
+        return "own"
     view = layered_view(model)
     return "3d" if any(c.shape[1] >= 2 for c in view.coords) else "2d"
 
@@ -187,7 +189,7 @@ def render_frames(
     if decision_boundary_data is not None:
         X, y = decision_boundary_data
     if figsize is None:
-        figsize = (6.0, 7.0) if kind == "3d" else _graph_figsize(layered_view(work))
+        figsize = (6.0, 7.0) if kind in ("3d", "own") else _graph_figsize(layered_view(work))
         if decision_boundary_data is not None:
             figsize = (figsize[0] + figsize[1] * 1.1, figsize[1])
     fig = Figure(figsize=figsize, dpi=dpi)
@@ -204,7 +206,9 @@ def render_frames(
                 ax_db = fig.add_subplot(gs[1])
             else:
                 ax_graph = fig.add_subplot(1, 1, 1, projection=projection)
-            if kind == "3d":
+            if kind == "own":
+                work.plot(ax=ax_graph, title=label, **plot_kwargs)
+            elif kind == "3d":
                 plot_graph_3d(work, ax=ax_graph, title=label, **plot_kwargs)
             else:
                 plot_graph(work, ax=ax_graph, title=label, **plot_kwargs)

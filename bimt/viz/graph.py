@@ -179,7 +179,7 @@ def plot_graph(
     output_labels=None,
     title: str | None = None,
     *,
-    max_linewidth: float = MAX_LINEWIDTH,
+    max_linewidth: float | None = None,
     min_fraction: float | None = None,
     show_labels="auto",
     token_labels=None,
@@ -202,7 +202,8 @@ def plot_graph(
         slot shows the name of the input it currently holds. For token models
         ``input_labels`` may name the token rows instead (one per token).
     title : axes title.
-    max_linewidth : width in points of the strongest weight of each layer.
+    max_linewidth : width in points of the strongest weight of each layer (default 2, or 1
+        when a layer is wider than 64 neurons).
     min_fraction : skip weights below this fraction of their layer's max|w|. Default: draw all
         weights (as the paper), except for big models (> 20,000 weights), where 1e-3.
     show_labels : True, False or "auto" (label interface layers of at most 100 neurons).
@@ -218,6 +219,8 @@ def plot_graph(
     L = len(view.names) - 1
     if min_fraction is None:
         min_fraction = 1e-3 if sum(W.size for W in view.weights) > BIG_MODEL_WEIGHTS else 0.0
+    if max_linewidth is None:
+        max_linewidth = MAX_LINEWIDTH if max(sizes) <= 64 else MAX_LINEWIDTH / 2
 
     # neuron positions: one (x, y) per neuron f * n + s
     xs, ys = [], []
@@ -246,7 +249,7 @@ def plot_graph(
 
     xmin = min(x.min() for x in xs)
     xmax = max(x.max() for x in xs)
-    pad_x = 0.04 * max(xmax - xmin, 1e-9)
+    pad_x = 0.04 * (xmax - xmin) if xmax > xmin else 0.5
     ybot, ytop = float(ys[0].min()), float(ys[-1].max())
     ax.set_xlim(xmin - pad_x, xmax + pad_x)
     ax.set_ylim(ybot - 0.5, ytop + 0.5)

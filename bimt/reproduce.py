@@ -1,0 +1,248 @@
+"""``bimt reproduce``: the paper's Tables 1 and 2, every (task, method, seed) in parallel.
+
+Each run is an ordinary run directory under ``OUT/runs/TASK/METHOD-sSEED``; a run whose
+``metrics.json`` exists is skipped and one with only a checkpoint is resumed, so an interrupted
+reproduction picks up where it stopped. Workers are separate processes with one torch thread
+each.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import atomic_write_bytes, write_json
+
+__all__ = ["reproduce", "PAPER_TASKS", "PAPER_TABLE1", "PAPER_TABLE2", "write_tables"]
+
+PAPER_TASKS = [
+    "symbolic-independence", "symbolic-feature-sharing", "symbolic-compositionality",
+    "two-moons", "modular-addition", "permutation-s4", "in-context", "mnist",
+]
+COLUMN = {
+    "symbolic-independence": "Symbolic (a)", "symbolic-feature-sharing": "Symbolic (b)",
+    "symbolic-compositionality": "Symbolic (c)", "two-moons": "Two Moon",
+    "modular-addition": "Modular Addition", "permutation-s4": "Permutation",
+    "in-context": "In-Context", "mnist": "MNIST",
+}
+METHOD_NAME = {"vanilla": "Vanilla", "l1": "L1 penalty", "l1-local": "L1 + Local",
+               "l1-swap": "L1 + Swap", "bimt": "BIMT"}
+LOSS_TASKS = {"symbolic-independence", "symbolic-feature-sharing", "symbolic-compositionality",
+              "in-context", "regression-fig2", "in-context-singular"}
+
+# The paper's Table 1 (test loss, or test accuracy in %) and Table 2 (modularity): mean, std.
+PAPER_TABLE1 = {
+    "vanilla": {"symbolic-independence": (5.2e-3, 1.0e-3), "symbolic-feature-sharing": (1.1e-5, 0.4e-5),
+                "symbolic-compositionality": (1.2e-4, 0.5e-4), "two-moons": (100.0, 0.0),
+                "modular-addition": (100.0, 0.0), "permutation-s4": (100.0, 0.0),
+                "in-context": (7.8e-5, 1.8e-5), "mnist": (98.5, 0.2)},
+    "l1": {"symbolic-independence": (7.9e-3, 0.8e-3), "symbolic-feature-sharing": (1.2e-5, 0.3e-5),
+           "symbolic-compositionality": (1.8e-4, 0.4e-4), "two-moons": (100.0, 0.0),
+           "modular-addition": (100.0, 0.0), "permutation-s4": (100.0, 0.0),
+           "in-context": (7.2e-5, 1.0e-5), "mnist": (98.4, 0.3)},
+    "bimt": {"symbolic-independence": (7.4e-3, 1.0e-3), "symbolic-feature-sharing": (8.0e-5, 1.5e-5),
+             "symbolic-compositionality": (1.3e-3, 0.3e-3), "two-moons": (100.0, 0.0),
+             "modular-addition": (100.0, 0.0), "permutation-s4": (100.0, 0.0),
+             "in-context": (1.8e-4, 0.4e-4), "mnist": (98.2, 0.3)},
+}
+PAPER_TABLE2 = {
+    "vanilla": {"symbolic-independence": (0.207, 0.025), "symbolic-feature-sharing": (0.151, 0.015),
+                "symbolic-compositionality": (0.145, 0.023), "two-moons": (0.291, 0.032),
+                "modular-addition": (0.194, 0.028), "permutation-s4": (0.129, 0.012),
+                "in-context": (0.085, 0.014), "mnist": (0.073, 0.005)},
+    "l1": {"symbolic-independence": (0.512, 0.042), "symbolic-feature-sharing": (0.456, 0.035),
+           "symbolic-compositionality": (0.328, 0.027), "two-moons": (0.289, 0.016),
+           "modular-addition": (0.435, 0.028), "permutation-s4": (0.371, 0.031),
+           "in-context": (0.083, 0.010), "mnist": (0.099, 0.008)},
+    "bimt": {"symbolic-independence": (0.581, 0.042), "symbolic-feature-sharing": (0.543, 0.063),
+             "symbolic-compositionality": (0.392, 0.021), "two-moons": (0.338, 0.039),
+             "modular-addition": (0.535, 0.027), "permutation-s4": (0.634, 0.043),
+             "in-context": (0.161, 0.013), "mnist": (0.238, 0.021)},
+}
+RESULT_COLUMNS = ["task", "method", "seed", "train_loss", "test_loss", "train_acc", "test_acc",
+                  "modularity", "connection_cost", "n_params", "n_nonzero_params", "steps",
+                  "wall_s", "data_source"]
+
+
+def _run_one(job: dict) -> dict:
+    """One (task, method, seed) in a worker process; returns its metrics."""
+    import torch
+
+    torch.set_num_threads(1)
+    from .train import TrainConfig, train
+
+    run_dir = Path(job["run_dir"])
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    resume = (run_dir / "checkpoint.pt").exists()
+    config = TrainConfig(task=job["task"], method=job["method"], seed=job["seed"],
+                         steps=job.get("steps"), data_dir=job.get("data_dir"))
+    return train(config, out=run_dir, resume=resume, progress=False).metrics
+
+
+def reproduce(
+    tasks=None, methods=("vanilla", "l1", "bimt"), seeds: int = 5, workers: int = 2,
+    out: str | os.PathLike = "reproduction", steps: int | None = None, data_dir=None,
+    progress: bool = True,
+) -> list[dict]:
+    """Run the grid, then write results.csv, table1.md, table2.md and one figure per task."""
+    from tqdm.auto import tqdm
+
+    from .tasks import get_task
+    from .train import METHODS
+
+    tasks = list(tasks or PAPER_TASKS)
+    for t in tasks:
+        get_task(t)
+    for m in methods:
+        if m not in METHODS:
+            raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHODS)}")
+    if seeds <= 0 or workers <= 0:
+        raise ValueError(f"seeds and workers must be positive, got seeds={seeds}, workers={workers}")
+    out = Path(out)
+    jobs = [
+        dict(task=t, method=m, seed=s, steps=steps, data_dir=data_dir,
+             run_dir=str(out / "runs" / t / f"{m}-s{s}"))
+        for t in tasks for m in methods for s in range(seeds)
+    ]
+    # longest first, so the slow tasks do not end up alone at the end
+    jobs.sort(key=lambda j: -_expected_cost(j["task"]))
+    start = time.perf_counter()
+    results = []
+    with tqdm(total=len(jobs), desc="reproduce", unit="run", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                results.append(_run_one(job))
+                bar.update(1)
+        else:
+            import multiprocessing as mp
+
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+                futures = {pool.submit(_run_one, job): job for job in jobs}
+                for future in as_completed(futures):
+                    results.append(future.result())
+                    job = futures[future]
+                    bar.set_postfix_str(f"{job['task']} {job['method']} s{job['seed']}")
+                    bar.update(1)
+    wall = time.perf_counter() - start
+    results.sort(key=lambda r: (tasks.index(r["task"]), list(methods).index(r["method"]), r["seed"]))
+    write_results(out, results, tasks, list(methods))
+    write_json(out / "reproduction.json", {
+        "tasks": tasks, "methods": list(methods), "seeds": seeds, "workers": workers,
+        "steps_override": steps, "wall_s": round(wall, 1), "cpu_count": os.cpu_count(),
+    })
+    for t in tasks:
+        try:
+            task_figure(out, t, list(methods))
+        except Exception as e:  # a figure must not lose the tables
+            print(f"could not draw the figure of {t}: {e}")
+    return results
+
+
+def _expected_cost(task: str) -> float:
+    return {"mnist": 10, "in-context": 9, "in-context-singular": 9, "modular-addition": 3,
+            "permutation-s4": 2}.get(task, 1)
+
+
+def write_results(out: Path, results: list[dict], tasks: list[str], methods: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for r in results:
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in RESULT_COLUMNS})
+    atomic_write_bytes(out / "results.csv", buf.getvalue().encode())
+    t1, t2 = write_tables(results, tasks, methods)
+    atomic_write_bytes(out / "table1.md", t1.encode())
+    atomic_write_bytes(out / "table2.md", t2.encode())
+
+
+def _mean_std(values):
+    v = np.array([x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))],
+                 dtype=float)
+    if len(v) == 0:
+        return None
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def _fmt(task: str, ms, table: int) -> str:
+    if ms is None:
+        return "-"
+    mean, std = ms
+    if table == 2:
+        return f"{mean:.3f} ± {std:.3f}"
+    if task in LOSS_TASKS:
+        exp = math.floor(math.log10(abs(mean))) if mean else 0
+        return f"({mean / 10**exp:.1f} ± {std / 10**exp:.1f})e{exp}"
+    return f"({mean:.1f} ± {std:.1f})%"
+
+
+def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> tuple[str, str]:
+    """Markdown Tables 1 and 2 in the paper's layout, ours beside the paper's."""
+    def table(n: int) -> str:
+        head = "| method | " + " | ".join(COLUMN.get(t, t) for t in tasks) + " |"
+        metric = "| metric | " + " | ".join(
+            ("loss" if t in LOSS_TASKS else "accuracy") if n == 1 else "modularity" for t in tasks
+        ) + " |"
+        lines = [head, "|" + "---|" * (len(tasks) + 1), metric]
+        paper = PAPER_TABLE1 if n == 1 else PAPER_TABLE2
+        for m in methods:
+            cells = []
+            for t in tasks:
+                rows = [r for r in results if r["task"] == t and r["method"] == m]
+                if n == 2:
+                    vals = [r["modularity"] for r in rows]
+                elif t in LOSS_TASKS:
+                    vals = [r["test_loss"] for r in rows]
+                else:
+                    vals = [None if r["test_acc"] is None else 100 * r["test_acc"] for r in rows]
+                cells.append(_fmt(t, _mean_std(vals), n))
+            lines.append(f"| {METHOD_NAME.get(m, m)} (ours) | " + " | ".join(cells) + " |")
+            if m in paper:
+                lines.append(f"| {METHOD_NAME.get(m, m)} (paper) | " + " | ".join(
+                    _fmt(t, paper[m].get(t), n) if t in paper[m] else "-" for t in tasks) + " |")
+        n_seeds = max((sum(1 for r in results if r["task"] == t and r["method"] == methods[0])
+                       for t in tasks), default=0)
+        what = "test loss (regression) or test accuracy" if n == 1 else "modularity (Newman, NetworkX)"
+        return (f"# Table {n}: {what}\n\nMean ± standard deviation over {n_seeds} seeds; the "
+                "paper's rows are copied from its Table " f"{n}.\n\n" + "\n".join(lines) + "\n")
+
+    return table(1), table(2)
+
+
+def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
+    """The seed-0 graphs of every method, side by side: ``OUT/figures/TASK.png``."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from . import viz
+    from .train import load_model
+
+    shown = [m for m in ("vanilla", "l1", "bimt") if m in methods] or methods
+    models = []
+    for m in shown:
+        run = out / "runs" / task / f"{m}-s0"
+        if (run / "checkpoint.pt").exists():
+            models.append((m, load_model(run)[0]))
+    if not models:
+        return None
+    three_d = any(g.coords.shape[1] == 2 for g in models[0][1].spec.groups.values())
+    fig = plt.figure(figsize=(5.5 * len(models), 6 if not three_d else 5.5))
+    for i, (m, model) in enumerate(models):
+        ax = fig.add_subplot(1, len(models), i + 1, projection="3d" if three_d else None)
+        model.plot(ax=ax, title=f"{METHOD_NAME.get(m, m)}")
+    fig.suptitle(f"{task}: seed 0")
+    path = out / "figures" / f"{task}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    viz.save_figure(fig, path.with_suffix(""), formats=("png",))
+    return path
