@@ -868,3 +868,69 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     if echo:
         print("\n".join(lines))
     return report
+
+
+# -- the transformer of in-context regression (Fig. 7 right) -----------------------------------
+def in_context_weights(X) -> np.ndarray:
+    """The hidden ``w`` of each in-context sequence ``[0, x1], [y1, 0], [0, x]``: ``y1 / x1``."""
+    X = torch.as_tensor(X)
+    if X.ndim != 3 or X.shape[1] < 2 or X.shape[2] != 2:
+        raise ValueError(f"expected in-context sequences of shape (N, 3, 2), got {tuple(X.shape)}")
+    return (X[:, 1, 0] / X[:, 0, 1]).double().numpy()
+
+
+def residual_vs_weight(model, X, index: int = 2, position: int = -1) -> dict:
+    """How the residual stream at the query position encodes the hidden weight ``w``.
+
+    ``index`` picks the residual stream as in ``model.residual_stream``: 0 after the embedding,
+    then after each attention and MLP (2 = after the first block, the paper's "Res2"). Returns
+    the per-neuron Pearson correlation with ``w``, the activations ``(N, d_model)``, ``w``, and
+    the slots ordered by ``|r|``, those whose activity spreads above 1% of the widest first.
+    """
+    if not hasattr(model, "residual_stream"):
+        raise TypeError(f"residual_vs_weight needs a BioTransformer, got {type(model).__name__}")
+    with torch.no_grad():
+        streams = model.residual_stream(torch.as_tensor(X))
+    if not -len(streams) <= index < len(streams):
+        raise ValueError(f"index {index} out of range: the model has {len(streams)} residual streams")
+    acts = streams[index][:, position, :].double().numpy()
+    w = in_context_weights(X)
+    r = neuron_correlation(acts, w)
+    spread = acts.std(0)
+    alive = spread > 0.01 * spread.max() if spread.max() > 0 else np.zeros(len(spread), bool)
+    # neurons that carry a signal first (by |r|), then the near-silent ones
+    order = np.lexsort((-np.abs(r), ~alive))
+    return {"correlation": r, "activations": acts, "w": w, "order": order, "alive": alive}
+
+
+def plot_residual_vs_weight(model, X, y, index: int = 2, pairs=None):
+    """Fig. 7 right: predicted vs true ``y``, and pairs of residual neurons coloured by ``w``.
+
+    ``pairs`` defaults to the two pairs made of the four neurons most correlated with ``w``.
+    """
+    from matplotlib.figure import Figure
+
+    view = residual_vs_weight(model, X, index)
+    with torch.no_grad():
+        pred = model(torch.as_tensor(X))[:, -1, 0].double().numpy()
+    top = view["order"]
+    if pairs is None:
+        pairs = [(int(top[0]), int(top[1])), (int(top[2]), int(top[3]))] if len(top) >= 4 else [
+            (int(top[0]), int(top[-1]))]
+    fig = Figure(figsize=(4.5, 4.2 * (1 + len(pairs))))
+    ax = fig.add_subplot(1 + len(pairs), 1, 1)
+    y = np.asarray(torch.as_tensor(y).double())
+    ax.scatter(y, pred, s=2)
+    lim = [float(min(y.min(), pred.min())), float(max(y.max(), pred.max()))]
+    ax.plot(lim, lim, ls="--", color="red", alpha=0.7)
+    ax.set_xlabel("true y")
+    ax.set_ylabel("predicted y")
+    for i, (a, b) in enumerate(pairs):
+        ax = fig.add_subplot(1 + len(pairs), 1, i + 2)
+        sc = ax.scatter(view["activations"][:, a], view["activations"][:, b], c=view["w"], s=2,
+                        cmap="viridis")
+        ax.set_xlabel(f"Res{index} neuron {a} (r = {view['correlation'][a]:+.2f})")
+        ax.set_ylabel(f"Res{index} neuron {b} (r = {view['correlation'][b]:+.2f})")
+        fig.colorbar(sc, ax=ax, label="weight w")
+    fig.tight_layout()
+    return fig

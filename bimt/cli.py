@@ -33,6 +33,16 @@ def _lambda_arg(text: str):
     return phases
 
 
+def _milestones_arg(text: str):
+    """``0.25:10,0.75:0.1``: times 10 from a quarter of the run, times 0.1 from three quarters."""
+    try:
+        return [[float(a), float(b)] for a, b in (part.split(":") for part in text.split(","))]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid milestones {text!r}: give fraction:factor,... (0.25:10,0.75:0.1)"
+        ) from None
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from .tasks import TASKS
     from .train import METHODS
@@ -53,6 +63,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int)
     t.add_argument("--lambda", dest="lambda_schedule", type=_lambda_arg,
                    help="constant (0.01) or phases value:steps,... rescaled to --steps")
+    t.add_argument("--lambda-milestones", dest="lambda_milestones", type=_milestones_arg,
+                   help="multiply lambda at fractions of the run: 0.25:10,0.75:0.1")
     t.add_argument("--A", type=float, help="in-layer scale (locality)")
     t.add_argument("--y-star", type=float, help="layer gap")
     t.add_argument("--p", type=float, help="distance norm (1 = L1, 2 = L2)")
@@ -114,7 +126,8 @@ def _train(args) -> int:
     if args.config:
         base = json.loads(Path(args.config).read_text())
     base["task"] = args.task
-    for key in ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "A", "y_star",
+    for key in ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule",
+                "lambda_milestones", "A", "y_star",
                 "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir", "animate"):
         value = getattr(args, key)
         if value is not None:

@@ -94,6 +94,9 @@ def swap_pass(
             if spec.groups[g].frozen or spec.groups[g].size < 2:
                 continue
             C = cost.placement_matrix(module, g)
+            # a hair's preference for staying put, so neurons whose placements cost the same
+            # (dead ones, say) are not shuffled for nothing
+            C -= _REL_TOL * max(float(np.abs(C).max()), 1.0) * np.eye(len(C))
             pos = _exact_positions(C, spec.groups[g].heads)
             report.swaps += int((pos != np.arange(len(pos))).sum())
             _commit(module, spec, g, pos, optimizer, report)

@@ -64,6 +64,7 @@ class TrainConfig:
     loss: str | None = None  # mse | ce
     widths: list[int] | None = None
     lambda_schedule: list[list[float]] | None = None  # [[value, steps], ...]
+    lambda_milestones: list[list[float]] | None = None  # [[fraction, factor], ...] on the first value
     A: float | None = None
     y_star: float | None = None
     p: float = 1.0
@@ -104,6 +105,9 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             if getattr(out, f.name) is None and f.name in base:
                 setattr(out, f.name, copy.deepcopy(base[f.name]))
+        if out.lambda_milestones is not None:
+            out.lambda_schedule = milestone_schedule(out.lambda_schedule[0][0], out.lambda_milestones)
+            out.lambda_milestones = None
         if out.eval_every is None:
             out.eval_every = max(1, min(out.steps // 20 or 1, base.get("eval_every", 500)))
         if out.checkpoint_every is None:
@@ -147,6 +151,27 @@ class TrainConfig:
                     raise ValueError(f"lambda must be a finite number >= 0, got {value!r}")
                 if length <= 0:
                     raise ValueError(f"a lambda phase must last > 0 steps, got {length!r}")
+
+
+def milestone_schedule(start: float, milestones) -> list[list[float]]:
+    """The paper's multiplicative form as phases: ``start``, times ``factor`` from ``fraction`` on.
+
+    ``milestone_schedule(1e-3, [[0.25, 10], [0.75, 0.1]])`` is ``1e-3, 1e-2, 1e-3`` for a quarter,
+    a half and a quarter of the run.
+    """
+    points = sorted((float(f), float(k)) for f, k in milestones)
+    for f, k in points:
+        if not 0 < f < 1 or not math.isfinite(k) or k < 0:
+            raise ValueError(
+                f"a lambda milestone is [fraction in (0, 1), factor >= 0], got [{f}, {k}]"
+            )
+    phases, value, at = [], float(start), 0.0
+    for f, k in points:
+        if f > at:
+            phases.append([value, f - at])
+        value, at = value * k, f
+    phases.append([value, 1.0 - at])
+    return phases
 
 
 def lambda_at(schedule, step: int, total_steps: int) -> float:

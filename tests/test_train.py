@@ -478,6 +478,7 @@ class _Payload:
         return (_leave_marker, (str(self.marker),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_loading_executes_no_code(tmp_path):
     marker = tmp_path / "marker.txt"
     evil = {"format": "bimt-checkpoint-1", "model": {}, "payload": _Payload(marker)}

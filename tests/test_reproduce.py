@@ -1,0 +1,99 @@
+"""`bimt reproduce` and `bimt analyze` on tiny runs; the in-context analysis of Fig. 7."""
+
+import csv
+import json
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from bimt import analysis
+from bimt.cli import main
+from bimt.reproduce import reproduce, write_tables
+from bimt.tasks import get_task
+from bimt.train import TrainConfig, milestone_schedule, train
+
+
+def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    rows = reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla", "bimt"],
+                     seeds=2, workers=1, out=out, steps=30, progress=False)
+    assert len(rows) == 8
+    with open(out / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 8
+    for col in ("task", "method", "seed", "train_loss", "test_loss", "train_acc", "test_acc",
+                "modularity", "connection_cost", "wall_s", "data_source"):
+        assert col in table[0]
+    t1, t2 = (out / "table1.md").read_text(), (out / "table2.md").read_text()
+    assert "Two Moon" in t1 and "Symbolic (a)" in t1 and "BIMT (paper)" in t1 and "%" in t1
+    assert "0.581 ± 0.042" in t2  # the paper's BIMT modularity for symbolic (a)
+    assert (out / "figures" / "two-moons.png").stat().st_size > 0
+
+    # a second call finds every run complete and trains nothing
+    import bimt.reproduce as rep
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("bimt.train.train", no_training)
+    again = rep.reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla", "bimt"],
+                          seeds=2, workers=1, out=out, steps=30, progress=False)
+    assert sorted(r["seed"] for r in again) == sorted(r["seed"] for r in rows)
+
+
+def test_reproduce_rejects_unknown_names(tmp_path):
+    with pytest.raises(KeyError, match="unknown task 'nope'"):
+        reproduce(tasks=["nope"], out=tmp_path, progress=False)
+    with pytest.raises(ValueError, match="unknown method 'l2'"):
+        reproduce(tasks=["two-moons"], methods=["l2"], out=tmp_path, progress=False)
+
+
+def test_tables_mean_and_std():
+    rows = [dict(task="two-moons", method="bimt", seed=s, test_acc=a, test_loss=0.1, modularity=m)
+            for s, (a, m) in enumerate([(0.9, 0.3), (1.0, 0.5)])]
+    t1, t2 = write_tables(rows, ["two-moons"], ["bimt"])
+    assert "(95.0 ± 7.1)%" in t1
+    assert "0.400 ± 0.141" in t2
+
+
+def test_analyze_cli_writes_reports(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(TrainConfig(task="two-moons", steps=300), out=run, progress=False)
+    assert main(["analyze", str(run), "--prune", "--knockout"]) == 0
+    report = json.loads((run / "analysis.json").read_text())
+    assert report["modularity"] == pytest.approx(json.loads((run / "metrics.json").read_text())["modularity"])
+    assert report["pruning_frontier"][-1][0] == report["n_nonzero"]
+    assert (run / "pruning_frontier.png").exists() and (run / "knockout.md").exists()
+    assert "modularity" in capsys.readouterr().out
+
+
+def test_milestone_schedule_matches_explicit_phases():
+    assert np.allclose(milestone_schedule(1e-3, [[0.25, 10], [0.75, 0.1]]),
+                       [[1e-3, 0.25], [1e-2, 0.5], [1e-3, 0.25]])
+    cfg = TrainConfig(task="two-moons", steps=100, lambda_schedule=[[0.1, 1]],
+                      lambda_milestones=[[0.5, 10]]).resolved()
+    assert np.allclose(cfg.lambda_schedule, [[0.1, 0.5], [1.0, 0.5]])
+    with pytest.raises(ValueError, match="lambda milestone"):
+        TrainConfig(task="two-moons", lambda_milestones=[[1.5, 10]]).resolved()
+
+
+def test_residual_vs_weight_finds_the_encoding():
+    torch.manual_seed(0)
+    result = train(TrainConfig(task="in-context", steps=400, eval_every=400), progress=False)
+    data = result.data
+    w = analysis.in_context_weights(data.X_test)
+    assert np.allclose(w * data.X_test[:, 2, 1].numpy(), data.y_test.numpy(), atol=1e-5)
+    view = analysis.residual_vs_weight(result.model, data.X_test, index=2)
+    assert view["activations"].shape == (len(w), 32)
+    best = view["order"][0]
+    assert abs(view["correlation"][best]) == pytest.approx(
+        np.abs(view["correlation"][view["alive"]]).max())
+    fig = analysis.plot_residual_vs_weight(result.model, data.X_test[:200], data.y_test[:200])
+    assert len(fig.axes) >= 3
+    with pytest.raises(TypeError, match="BioTransformer"):
+        analysis.residual_vs_weight(get_task("two-moons").make_model(
+            TrainConfig(task="two-moons").resolved().__dict__), data.X_test)
