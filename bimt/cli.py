@@ -50,6 +50,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = _Parser(prog="bimt", description="Brain-Inspired Modular Training")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.subcommands = sub.choices
 
     sub.add_parser("tasks", help="list the built-in tasks")
 
@@ -102,11 +103,15 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = _build_parser().parse_args(argv)
+    parser = _build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # the subcommand's own usage lists its valid options
+        parser.subcommands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return _COMMANDS[args.command](args) or 0
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"bimt {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"bimt {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 
@@ -122,13 +127,23 @@ def _tasks(args) -> int:
 def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
 
+    options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
+               "A", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
+               "animate")
+    if args.resume:
+        given = [k for k in options if getattr(args, k) is not None] + (["config"] if args.config else [])
+        if given:
+            raise ValueError(
+                f"--resume continues the run in --out with its saved config; drop "
+                f"{', '.join('--' + k.replace('_', '-') for k in given)}"
+            )
+        if not args.out:
+            raise ValueError("--resume needs --out, the run directory to continue")
     base = {}
     if args.config:
         base = json.loads(Path(args.config).read_text())
     base["task"] = args.task
-    for key in ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule",
-                "lambda_milestones", "A", "y_star",
-                "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir", "animate"):
+    for key in options:
         value = getattr(args, key)
         if value is not None:
             base[key] = value

@@ -255,6 +255,12 @@ def load_mnist(data_dir: str | os.PathLike | None = None):
                 "(a torchvision MNIST/raw folder has them)"
             )
         parts[key] = _read_idx(hits[0])
+    for images, labels in (("Xtr", "ytr"), ("Xte", "yte")):
+        if len(parts[images]) != len(parts[labels]):
+            raise ValueError(
+                f"MNIST files under {root} disagree: {len(parts[images])} images but "
+                f"{len(parts[labels])} labels ({'train' if images == 'Xtr' else 't10k'} set)"
+            )
     X_tr = parts["Xtr"].reshape(len(parts["Xtr"]), -1).astype(np.float32) / 255.0
     X_te = parts["Xte"].reshape(len(parts["Xte"]), -1).astype(np.float32) / 255.0
     return X_tr, parts["ytr"].astype(np.int64), X_te, parts["yte"].astype(np.int64), f"MNIST IDX files in {root}"
@@ -327,7 +333,10 @@ def task_from_arrays(
         y_test = torch.as_tensor(np.asarray(y_test), dtype=y_dtype)
         if kind == "regression" and y_test.ndim == 1:
             y_test = y_test[:, None]
-    n_out = int(y_train.max()) + 1 if kind == "classification" else y_train.shape[1]
+    if kind == "classification":
+        n_out = int(max(y_train.max(), y_test.max() if y_test is not None else 0)) + 1
+    else:
+        n_out = y_train.shape[1]
 
     def make_data(seed: int, data_dir=None) -> Data:
         if X_test is not None:
@@ -371,6 +380,7 @@ def task_from_function(
         return d
 
     settings = dict(SYMBOLIC_DEFAULTS, widths=[n_inputs, *hidden, n_out])
+    settings["top_k"] = min(SYMBOLIC_DEFAULTS["top_k"], max(hidden, default=1))
     settings.update(defaults)
     return Task(name, description or f"user task {name}", "regression", make_scaled,
                 _mlp_model(), settings)

@@ -319,9 +319,10 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
             bar.set_postfix_str(_postfix(row), refresh=False)
         bar.update(1)
         if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            if not _all_finite(model):  # never overwrite a good checkpoint with a broken one
+            if not _all_finite(model, loss_fn, predict, xb, yb):  # keep the last good one
                 bar.close()
-                raise _diverged("the parameters are no longer finite", step, lam, cfg, run_dir)
+                raise _diverged("the parameters are no longer finite, or their loss is not",
+                                step, lam, cfg, run_dir)
             save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, history,
                             dataclasses.asdict(config), time.perf_counter() - start, snapshots)
     bar.close()
@@ -336,8 +337,12 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     return result
 
 
-def _all_finite(model) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+@torch.no_grad()
+def _all_finite(model, loss_fn, predict, xb, yb) -> bool:
+    """Finite parameters whose loss on the last batch is finite too (worth checkpointing)."""
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        return False
+    return math.isfinite(float(loss_fn(predict(model(xb)), yb)))
 
 
 def _diverged(what: str, step: int, lam: float, cfg, run_dir) -> TrainingDiverged:
