@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--swap-every", type=int)
     t.add_argument("--swap-mode", choices=SWAP_MODES)
     t.add_argument("--eval-every", type=int)
+    t.add_argument("--dtype", choices=("float32", "float64"), help="float64 as some notebooks train")
     t.add_argument("--data-dir", help="MNIST IDX files (or a torchvision MNIST folder)")
     t.add_argument("--out", help="run directory (default: runs/TASK-METHOD-sSEED)")
     t.add_argument("--config", help="a config.json to start from (command-line options win)")
@@ -129,7 +130,7 @@ def _train(args) -> int:
 
     options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
                "A", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
-               "animate")
+               "animate", "dtype")
     if args.resume:
         given = [k for k in options if getattr(args, k) is not None] + (["config"] if args.config else [])
         if given:

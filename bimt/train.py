@@ -44,6 +44,7 @@ __all__ = ["TrainConfig", "TrainResult", "train", "METHODS", "TrainingDiverged",
 
 METHODS = ("vanilla", "l1", "l1-local", "l1-swap", "bimt")
 LOSSES = ("mse", "ce")
+DTYPES = ("float32", "float64")
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,6 +81,7 @@ class TrainConfig:
     animate_frames: int = 40
     data_dir: str | None = None
     threads: int = 1  # torch threads while training; small networks run fastest on one
+    dtype: str = "float32"  # or "float64", as some reference notebooks train
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -124,6 +126,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "top_k", "swap_every", "eval_every",
                      "checkpoint_every", "animate_frames", "threads"):
             positive_int(name)
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
         if self.loss not in LOSSES:
@@ -207,7 +211,7 @@ def train(
 ) -> TrainResult:
     """Train one model; with ``out``, write the run directory there.
 
-    ``bimt.train(task="two-moons", steps=3000)`` is the shortest call; a ``TrainConfig`` or a
+    ``bimt.fit(task="two-moons", steps=3000)`` is the shortest call; a ``TrainConfig`` or a
     dict works too, and ``task`` may be a :class:`Task` object (your own task). ``resume=True``
     continues from ``out/checkpoint.pt`` with the config saved there, and gives exactly the
     numbers an uninterrupted run would.
@@ -240,6 +244,12 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     _seed_everything(cfg.seed)
     data = task.make_data(cfg.seed, cfg.data_dir)
     model = task.make_model(dataclasses.asdict(cfg))
+    if cfg.dtype != "float32":
+        dtype = getattr(torch, cfg.dtype)
+        model = model.to(dtype)
+        cast = lambda t: t.to(dtype) if t.is_floating_point() else t
+        data.X_train, data.y_train = cast(data.X_train), cast(data.y_train)
+        data.X_test, data.y_test = cast(data.X_test), cast(data.y_test)
     if getattr(model, "input_labels", None) is None and data.input_labels is not None:
         model.input_labels = data.input_labels
     if getattr(model, "output_labels", None) is None and data.output_labels is not None:
@@ -356,7 +366,8 @@ def _diverged(what: str, step: int, lam: float, cfg, run_dir) -> TrainingDiverge
 
 def _targets(y: torch.Tensor, cfg: TrainConfig, model) -> torch.Tensor:
     if cfg.loss == "mse" and not y.is_floating_point():
-        return nn.functional.one_hot(y, model.widths[-1] if hasattr(model, "widths") else int(y.max()) + 1).float()
+        n = model.widths[-1] if hasattr(model, "widths") else int(y.max()) + 1
+        return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
     return y
 
 
@@ -493,7 +504,7 @@ def load_model(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
     config = TrainConfig.from_dict(state["config"])
     task = get_task(config.task)
     cfg = config.resolved(task)
-    model = task.make_model(dataclasses.asdict(cfg))
+    model = task.make_model(dataclasses.asdict(cfg)).to(getattr(torch, cfg.dtype))
     model.load_state_dict(state["model"])
     data_labels = task.make_data(cfg.seed, cfg.data_dir)
     if getattr(model, "input_labels", None) is None:
