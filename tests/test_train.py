@@ -578,3 +578,17 @@ def test_copying_a_run_dir_gives_a_resumable_run(tmp_path):
     a = train(out=tmp_path / "a", resume=True, **QUIET)
     b = train(out=tmp_path / "b", resume=True, **QUIET)
     assert without_wall(a.metrics) == without_wall(b.metrics)
+
+
+def test_float64_training_and_reload(tmp_path):
+    from bimt.train import TrainConfig, load_model, train
+
+    result = train(TrainConfig(task="two-moons", steps=20, eval_every=10, dtype="float64"),
+                   out=tmp_path / "run", progress=False, plots=False)
+    assert all(p.dtype == torch.float64 for p in result.model.parameters())
+    model, cfg = load_model(tmp_path / "run")
+    assert cfg.dtype == "float64" and next(model.parameters()).dtype == torch.float64
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ValueError, match="unknown dtype 'float16'"):
+        TrainConfig(task="two-moons", dtype="float16").resolved()
