@@ -13,6 +13,7 @@ far more than the product itself.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 
 import numpy as np
@@ -79,6 +80,8 @@ class ConnectionCost:
                 d = pairwise_distance(out_g.coords, in_g.coords, self.A, self.y_star, self.p)
             self._slot_distance[name] = d
         self._cache: dict[tuple, object] = {}
+        # per model: its charged tensors with their scales, looked up once (the hot path)
+        self._resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
     # -- what each tensor costs -------------------------------------------------------------
     def terms(self) -> list[tuple[str, str]]:
@@ -89,9 +92,31 @@ class ConnectionCost:
 
     def distance(self, module: nn.Module, name: str) -> np.ndarray:
         """Length of every entry of weight ``name`` (folds tiled), shape of the weight."""
-        t = tensor(module, name)
-        d = self._slot_distance[name]
-        return np.tile(d, (t.shape[0] // d.shape[0], t.shape[1] // d.shape[1]))
+        return self._distance64(tensor(module, name).shape, name).numpy()
+
+    def _distance64(self, shape, name: str) -> torch.Tensor:
+        key = (name, "float64", tuple(shape))
+        hit = self._cache.get(key)
+        if hit is None:
+            d = self._slot_distance[name]
+            hit = torch.from_numpy(np.tile(d, (shape[0] // d.shape[0], shape[1] // d.shape[1])))
+            self._cache[key] = hit
+        return hit
+
+    def _charged(self, module) -> list[tuple[torch.Tensor, str, object]]:
+        """``(tensor, kind, scale)`` for every charged tensor, resolved once per model."""
+        entries = None if isinstance(module, dict) else self._resolved.get(module)
+        if entries is not None:
+            t, _, scale = entries[0]
+            if not torch.is_tensor(scale) or (scale.device == t.device and scale.dtype == t.dtype):
+                return entries
+        entries = []
+        for name, kind in self.terms():
+            t = tensor(module, name)
+            entries.append((t, kind, self._scale(module, name, kind, t)))
+        if entries and not isinstance(module, dict):
+            self._resolved[module] = entries
+        return entries
 
     def _scale(self, module: nn.Module, name: str, kind: str, like: torch.Tensor):
         """Per-entry multiplier of ``|x|`` in the cost (a tensor for weights, else a float)."""
@@ -111,9 +136,7 @@ class ConnectionCost:
     def value(self, module: nn.Module) -> torch.Tensor:
         """The cost as a differentiable scalar."""
         total = None
-        for name, kind in self.terms():
-            t = tensor(module, name)
-            scale = self._scale(module, name, kind, t)
+        for t, kind, scale in self._charged(module):
             term = (t.abs() * scale).sum() if kind == "weight" else t.abs().sum() * scale
             total = term if total is None else total + term
         if total is None:
@@ -127,13 +150,11 @@ class ConnectionCost:
         """Add ``lam * d(cost)/d(param)`` to every charged parameter's ``.grad``."""
         if lam == 0:
             return
-        for name, kind in self.terms():
-            t = tensor(module, name)
+        for t, kind, scale in self._charged(module):
             if not t.requires_grad:  # as autograd: a frozen tensor gets no gradient
                 continue
             if t.grad is None:
                 t.grad = torch.zeros_like(t)
-            scale = self._scale(module, name, kind, t)
             if kind == "weight":
                 t.grad.addcmul_(t.sign(), scale, value=lam)
             else:
@@ -165,7 +186,7 @@ class ConnectionCost:
                 w = tensor(module, name).detach().abs().to("cpu", torch.float64)
                 w = w if dim == 0 else w.T
                 w = w.reshape(-1, n, w.shape[1]).sum(0)  # fold neurons sharing a slot
-                d = torch.from_numpy(self.distance(module, name))
+                d = self._distance64(tensor(module, name).shape, name)
                 d = d[:n] if dim == 0 else d[:, :n].T
                 scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0
                 C += (w @ d.T) * scale
@@ -195,7 +216,7 @@ class ConnectionCost:
             t = tensor(module, name).detach().abs().to("cpu", torch.float64)
             norm = t.numel() if self.reduction == "mean" else 1
             if kind == "weight":
-                total += float((t * torch.from_numpy(self.distance(module, name))).sum()) / norm
+                total += float((t * self._distance64(t.shape, name)).sum()) / norm
             else:
                 total += float(t.sum()) * self.y_star / norm
         return total

@@ -144,8 +144,13 @@ class PermutationSpec:
         return tensor(module, name).shape[dim] // self.groups[self.axes[name][dim]].size
 
 
-def tensor(module: nn.Module, name: str) -> torch.Tensor:
-    """A parameter or buffer of ``module`` by its dotted name."""
+def tensor(module, name: str) -> torch.Tensor:
+    """A parameter or buffer of ``module`` by its dotted name (``module`` may be a name->tensor dict)."""
+    if isinstance(module, dict):
+        try:
+            return module[name]
+        except KeyError:
+            raise KeyError(f"the model has no parameter or buffer named {name!r}") from None
     try:
         return module.get_parameter(name)
     except AttributeError:

@@ -80,6 +80,7 @@ def swap_pass(
     for g in names:
         if g not in spec.groups:
             raise ValueError(f"unknown group {g!r}; groups: {', '.join(spec.groups)}")
+    module = _tensors(module, spec)  # looked up once for the whole pass
     report = SwapReport(mode=mode, cost_before=cost.total(module))
     for g in names:
         if spec.groups[g].frozen or spec.groups[g].size < 2:
@@ -102,6 +103,11 @@ def swap_pass(
             _commit(module, spec, g, pos, optimizer, report)
     report.cost_after = cost.total(module)
     return report
+
+
+def _tensors(module, spec: PermutationSpec) -> dict[str, torch.Tensor]:
+    """Every tensor the spec names, by name (name lookups in a module are slow)."""
+    return {name: tensor(module, name) for name in {**spec.axes, **spec.charges}}
 
 
 def _commit(module, spec, group, pos, optimizer, report) -> None:

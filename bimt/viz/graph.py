@@ -216,7 +216,6 @@ def plot_graph(
     """
     view = layered_view(model)
     sizes, folds = view.sizes, view.folds
-    L = len(view.names) - 1
     if min_fraction is None:
         min_fraction = 1e-3 if sum(W.size for W in view.weights) > BIG_MODEL_WEIGHTS else 0.0
     if max_linewidth is None:
