@@ -17,7 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from torch import nn
 
-from bimt import ConnectionCost, apply_permutation, swap_pass
+from bimt import apply_permutation, swap_pass
 from bimt.models.transformer import BioTransformer
 from bimt.viz.transformer import plot_transformer_graph
 
