@@ -42,7 +42,13 @@ _REL_TOL = 1e-12
 
 @dataclass
 class SwapReport:
-    """What one swap pass did."""
+    """What one swap pass did.
+
+    ``swaps``: pairwise exchanges made by the greedy moves, plus, in exact mode, the neurons the
+    assignment relocated. ``moved``: per group, neurons not in their starting slot at the end.
+    ``permutations``: per group, new slot ``s`` holds the neuron that was at slot ``perm[s]``
+    (replay with :func:`apply_permutation`). Costs are totals in float64.
+    """
 
     mode: str
     swaps: int = 0

@@ -424,8 +424,12 @@ def _transformer_model(config: dict):
                           y_star=config["y_star"], p=config["p"], reduction=config["reduction"])
 
 
+# lambda follows the in-context notebook (1e-3, times 10 at 1/4 and again at 3/4); the paper's
+# text gives four phases, 1e-3, 1e-2, 1e-1, 0.3 (`--lambda 1e-3:1,1e-2:1,1e-1:1,0.3:1`), which
+# leaves the test loss 2-3x higher than the paper reports (docs/reproduction/README.md).
+IN_CONTEXT_LAMBDA = [[1e-3, 10000], [1e-2, 20000], [1e-1, 10000]]
 IN_CONTEXT_DEFAULTS = dict(
-    widths=[32], steps=40000, lr=1e-3, batch_size=64, loss="mse", lambda_schedule=FOUR_PHASES,
+    widths=[32], steps=40000, lr=1e-3, batch_size=64, loss="mse", lambda_schedule=IN_CONTEXT_LAMBDA,
     A=2.0, y_star=0.5, top_k=30, swap_every=200, reduction="mean", eval_every=1000,
 )
 register_task(Task(

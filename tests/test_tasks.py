@@ -71,7 +71,8 @@ def test_registry_holds_the_papers_tasks():
                    last_distance_free=True,
                    lambda_schedule=[[1e-3, 10000], [1e-2, 10000], [1e-1, 10000], [0.3, 10000]])),
     ("in-context", dict(steps=40000, lr=1e-3, batch_size=64, loss="mse", A=2.0, y_star=0.5,
-                        top_k=30, swap_every=200, reduction="mean")),
+                        top_k=30, swap_every=200, reduction="mean",
+                        lambda_schedule=[[1e-3, 10000], [1e-2, 20000], [1e-1, 10000]])),
 ])
 def test_defaults_follow_design_table(name, expected):
     cfg = TrainConfig(task=name).resolved(get_task(name))
