@@ -125,19 +125,13 @@ class BioMLP(nn.Module):
                              reduction=reduction, distance_free=distance_free)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.embedding is not None:
-            x = self.embedding[x].flatten(-2)
-        else:
-            x = x.index_select(-1, self.input_order)
-        last = len(self.linears) - 1
-        for i, linear in enumerate(self.linears):
-            x = linear(x)
-            if i < last:
-                x = self.activation(x)
-        return restore_order(x, self.output_order)
+        return restore_order(self._layers(x)[-1], self.output_order)
 
     def hidden(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Activations of every neuron layer, in slot order (input layer first)."""
+        return self._layers(x, keep=True)
+
+    def _layers(self, x: torch.Tensor, keep: bool = False) -> list[torch.Tensor]:
         if self.embedding is not None:
             x = self.embedding[x].flatten(-2)
         else:
@@ -148,8 +142,9 @@ class BioMLP(nn.Module):
             x = linear(x)
             if i < last:
                 x = self.activation(x)
-            layers.append(x)
-        return layers
+            if keep:
+                layers.append(x)
+        return layers if keep else [x]
 
     # -- the wiring, at hand --------------------------------------------------------------
     def cost(self) -> torch.Tensor:
