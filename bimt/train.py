@@ -341,9 +341,9 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     result = TrainResult(model, metrics, history, cfg, data, run_dir, snapshots)
     if run_dir is not None:
         write_history_csv(run_dir / "history.csv", history)
-        write_json(run_dir / "metrics.json", metrics)
         if plots:
             write_plots(result)
+        write_json(run_dir / "metrics.json", metrics)  # last: it marks the run complete
     return result
 
 
