@@ -826,7 +826,8 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     """Modularity, modules and active neurons of a run, written to ``analysis.json`` / ``.md``.
 
     ``prune`` adds ``pruning_frontier.png`` (+ csv); ``knockout`` adds ``knockout.md``, the
-    metric after knocking out each module found by :func:`find_modules` (Fig. 5 right).
+    metric after knocking out each module found by :func:`find_modules` or, when the network is
+    one component (modules that meet only at the output, Fig. 5), each of its :func:`tree_roots`.
     """
     from pathlib import Path
 
@@ -855,6 +856,10 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
         lines.append("- pruning frontier: pruning_frontier.png, pruning_frontier.csv")
     if knockout:
         modules = {_letters(i): m for i, m in enumerate(find_modules(model))}
+        if len(modules) < 2:  # parallel modules that meet only at the output (Fig. 5): its roots
+            roots = tree_roots(model)
+            if len(roots) >= 2:
+                modules = {r["name"]: r["neurons"] for r in roots}
         metric = accuracy or evaluate
         rows = knockout_table(model, modules, metric)
         report["knockout"] = rows
