@@ -101,12 +101,6 @@ def _slot_matrix(spec: PermutationSpec, module: nn.Module, name: str,
     return w.reshape(f_out, n_out, f_in, n_in).sum(axis=(0, 2))
 
 
-def _slot_sum(t: torch.Tensor, dim: int, n: int) -> np.ndarray:
-    """Summed ``|t|`` per slot of axis ``dim`` (a group of ``n`` slots, folds included)."""
-    a = np.moveaxis(_abs64(t), dim, 0)
-    return a.reshape(a.shape[0] // n, n, -1).sum(axis=(0, 2))
-
-
 def _sources_and_sinks(spec: PermutationSpec) -> tuple[list[str], list[str]]:
     """Groups that only send (network inputs) and groups that only receive (outputs)."""
     sends = {spec.axes[n][1] for n in spec.weights()}
@@ -330,18 +324,10 @@ def tree_roots(model, threshold: float = MODULE_THRESHOLD, input_group: str | No
 
 # -- 3. active neurons ----------------------------------------------------------------------
 def neuron_scores(model) -> dict[str, np.ndarray]:
-    """Per group, each slot's summed ``|x|`` over every entry of a ``weight`` or ``embedding``
-    tensor it indexes (incoming plus outgoing weights, folds included; biases excluded)."""
+    """Per group, the swap engine's importance of each slot (:meth:`PermutationSpec.importance`):
+    summed ``|x|`` of every weight or embedding entry it indexes, folds included, biases not."""
     module, spec = _resolve(model)
-    scores = {g: np.zeros(group.size) for g, group in spec.groups.items()}
-    for name, kind in spec.charges.items():
-        if kind == "bias":
-            continue
-        t = tensor(module, name)
-        for dim, g in enumerate(spec.axes[name]):
-            if g is not None:
-                scores[g] += _slot_sum(t, dim, spec.groups[g].size)
-    return scores
+    return {g: spec.importance(module, g) for g in spec.groups}
 
 
 def active_neurons(model, threshold: float = ACTIVE_THRESHOLD) -> dict[str, list[int]]:

@@ -192,21 +192,9 @@ class ConnectionCost:
                 C += (w @ d.T) * scale
         return C.numpy()
 
-    @torch.no_grad()
     def importance(self, module: nn.Module, group: str) -> np.ndarray:
-        """The paper's neuron score: the summed ``|w|`` of every connection a neuron makes."""
-        n = self.spec.groups[group].size
-        score = torch.zeros(n, dtype=torch.float64)
-        for name, kind in self.spec.charges.items():
-            if kind == "bias":
-                continue
-            for dim, g in enumerate(self.spec.axes[name]):
-                if g != group:
-                    continue
-                w = tensor(module, name).detach().abs().to("cpu", torch.float64)
-                w = w.movedim(dim, 0).reshape(-1, n, *w.movedim(dim, 0).shape[1:])
-                score += w.transpose(0, 1).reshape(n, -1).sum(1)
-        return score.numpy()
+        """The paper's neuron score (see :meth:`PermutationSpec.importance`)."""
+        return self.spec.importance(module, group)
 
     @torch.no_grad()
     def total(self, module: nn.Module) -> float:

@@ -121,6 +121,22 @@ class PermutationSpec:
     def movable_groups(self) -> list[str]:
         return [n for n, g in self.groups.items() if not g.frozen]
 
+    @torch.no_grad()
+    def importance(self, module, group: str) -> np.ndarray:
+        """The paper's neuron score: each slot's summed ``|w|`` over every weight and embedding
+        entry it indexes (incoming plus outgoing, folds included; biases left out)."""
+        n = self.groups[group].size
+        score = torch.zeros(n, dtype=torch.float64)
+        for name, kind in self.charges.items():
+            if kind == "bias":
+                continue
+            for dim, g in enumerate(self.axes[name]):
+                if g != group:
+                    continue
+                w = tensor(module, name).detach().abs().to("cpu", torch.float64).movedim(dim, 0)
+                score += w.reshape(-1, n, *w.shape[1:]).transpose(0, 1).reshape(n, -1).sum(1)
+        return score.numpy()
+
     def check(self, module: nn.Module) -> None:
         """Raise a clear error if the spec does not fit ``module``'s tensors."""
         for name, groups in self.axes.items():
