@@ -10,21 +10,22 @@ The core (geometry, spec, cost, swap, models) is imported here; ``bimt.train``,
 import importlib
 
 from . import geometry
-from .cost import ConnectionCost
-from .models import BioMLP, BioTransformer, Wiring, attach
+from .cost import ConnectionCost, CostSettings
+from .models import BioMLP, BioTransformer, Wiring, attach, wiring_of
 from .spec import Group, PermutationSpec
-from .swap import SwapReport, apply_permutation, swap_pass
+from .swap import SOLVERS, SwapReport, apply_permutation, register_solver, swap_pass
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("analysis", "bench", "reproduce", "tasks", "train", "viz")
-_LAZY_NAMES = {"TrainConfig": "train", "load_model": "train", "Task": "tasks", "task_from_arrays": "tasks",
+_LAZY_MODULES = ("analysis", "bench", "reproduce", "runs", "tasks", "train", "viz")
+_LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
                "task_from_function": "tasks", "register_task": "tasks"}
 
 __all__ = [
-    "BioMLP", "BioTransformer", "ConnectionCost", "Group", "PermutationSpec", "SwapReport",
-    "Wiring", "apply_permutation", "attach", "geometry", "swap_pass", "fit", "TrainConfig", "load_model",
-    "Task", "task_from_arrays", "task_from_function", "register_task", "analysis", "viz", "tasks",
+    "BioMLP", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
+    "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
+    "register_solver", "SOLVERS", "fit", "TrainConfig", "load_model", "Task", "task_from_arrays",
+    "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",
 ]
 
 

@@ -23,7 +23,7 @@ from .models import BioMLP
 from .geometry import _pad_to_same_dim as _same_dim
 from .geometry import pairwise_distance
 from .spec import PermutationSpec, tensor
-from .swap import _REL_TOL, apply_permutation, swap_pass
+from .swap import REL_TOL, apply_permutation, swap_pass
 
 __all__ = ["run_benchmarks", "naive_greedy_pass", "mnist_shaped_model"]
 
@@ -31,7 +31,7 @@ __all__ = ["run_benchmarks", "naive_greedy_pass", "mnist_shaped_model"]
 def mnist_shaped_model(seed: int = 0) -> BioMLP:
     torch.manual_seed(seed)
     return BioMLP([784, 100, 100, 10], layout=["grid", "grid", "grid", "ring"],
-                  freeze_input=True, A=2.0, y_star=0.5)
+                  freeze_inputs=True, A=2.0, y_star=0.5)
 
 
 def reference_cost(module: nn.Module, spec: PermutationSpec, cost: ConnectionCost) -> float:
@@ -69,7 +69,7 @@ def naive_greedy_pass(module: nn.Module, spec: PermutationSpec, cost: Connection
         n = spec.groups[g].size
         score = cost.importance(module, g)
         where = np.arange(n)  # neuron (by its slot when the group started) -> slot now
-        tol = _REL_TOL * max(reference_cost(module, spec, cost), 1.0)
+        tol = REL_TOL * max(reference_cost(module, spec, cost), 1.0)
         for j in np.argsort(-score, kind="stable")[: min(top_k, n)]:
             base = reference_cost(module, spec, cost)
             deltas = np.zeros(n)

@@ -46,7 +46,7 @@ def _milestones_arg(text: str):
 def _build_parser() -> argparse.ArgumentParser:
     from .tasks import TASKS
     from .train import METHODS
-    from .swap import SWAP_MODES
+    from .swap import swap_modes
 
     p = _Parser(prog="bimt", description="Brain-Inspired Modular Training")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -71,7 +71,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--p", type=float, help="distance norm (1 = L1, 2 = L2)")
     t.add_argument("--top-k", type=int)
     t.add_argument("--swap-every", type=int)
-    t.add_argument("--swap-mode", choices=SWAP_MODES)
+    t.add_argument("--swap-mode", choices=swap_modes())
     t.add_argument("--eval-every", type=int)
     t.add_argument("--dtype", choices=("float32", "float64"), help="float64 as some notebooks train")
     t.add_argument("--data-dir", help="MNIST IDX files (or a torchvision MNIST folder)")
@@ -170,12 +170,13 @@ def _metrics_line(m: dict) -> str:
 
 
 def _plot(args) -> int:
-    from .train import TrainResult, load_checkpoint, load_model, write_plots
+    from .runs import MODULE_TASK, load_checkpoint, load_model, write_plots
     from .tasks import get_task
+    from .train import TrainResult
 
     model, cfg = load_model(args.run_dir)
     state = load_checkpoint(Path(args.run_dir) / "checkpoint.pt")
-    data = get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
+    data = None if cfg.task == MODULE_TASK else get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
     write_plots(TrainResult(model, {}, state["history"], cfg, data, Path(args.run_dir),
                             state.get("snapshots", [])))
     print(f"wrote figures in {args.run_dir}")
@@ -183,7 +184,7 @@ def _plot(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .analysis import analyze_run
+    from .runs import analyze_run
 
     analyze_run(args.run_dir, prune=args.prune, knockout=args.knockout)
     return 0

@@ -13,26 +13,28 @@ far more than the product itself.
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
+from ._checks import nonnegative, one_of
 from .geometry import pairwise_distance
-from .spec import PermutationSpec, tensor
+from .spec import PermutationSpec, fold_sum, tensor
 
-__all__ = ["ConnectionCost"]
+__all__ = ["ConnectionCost", "CostSettings", "REDUCTIONS"]
 
 REDUCTIONS = ("sum", "mean")
 
 
-class ConnectionCost:
-    """The connection cost of the tensors a spec charges.
+@dataclass(frozen=True)
+class CostSettings:
+    """The connection cost's settings, checked once; one name for each everywhere in bimt.
 
-    Parameters
-    ----------
     A : in-layer scale; ``A = 0`` removes locality and leaves plain L1.
     y_star : layer gap; every weight spans one gap, biases and embeddings cost ``y_star``.
     p : the norm of the displacement ``(A * dx, y_star)``: 1 (default, as the paper), 2, ...
@@ -40,41 +42,81 @@ class ConnectionCost:
     reduction : ``sum`` over every entry, or ``mean``: each tensor's mean, summed over tensors
         (what the notebooks do for modular addition and MNIST).
     distance_free : weight names charged ``|w| * y_star`` whatever their length (the MNIST
-        output layer).
+        output layer); the name ``"last"`` stands for the spec's last charged weight.
+
+    ``settings.replace(A=0)`` is a copy with some settings changed (the trainer's variants).
     """
 
-    def __init__(
-        self,
-        spec: PermutationSpec,
-        A: float = 1.0,
-        y_star: float = 1.0,
-        p: float = 1.0,
-        bias: bool = True,
-        reduction: str = "sum",
-        distance_free: Iterable[str] = (),
-    ):
-        for what, value in (("A", A), ("y_star", y_star)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+    A: float = 1.0
+    y_star: float = 1.0
+    p: float = 1.0
+    bias: bool = True
+    reduction: str = "sum"
+    distance_free: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        set_ = lambda k, v: object.__setattr__(self, k, v)
+        set_("A", nonnegative(self.A, "A"))
+        set_("y_star", nonnegative(self.y_star, "y_star"))
+        try:
+            p = float(self.p)
+        except (TypeError, ValueError):
+            p = float("nan")
         if not p >= 1:  # also refuses nan
-            raise ValueError(f"p must be >= 1 (a norm; inf for the max norm), got {p}")
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"unknown reduction {reduction!r}; allowed: {', '.join(REDUCTIONS)}")
-        distance_free = set(distance_free)
-        unknown = distance_free - set(spec.weights())
+            raise ValueError(f"p must be >= 1, got {self.p!r} (a norm; inf for the max norm)")
+        set_("p", p)
+        set_("bias", bool(self.bias))
+        one_of(self.reduction, REDUCTIONS, "reduction")
+        free = (self.distance_free,) if isinstance(self.distance_free, str) else self.distance_free
+        set_("distance_free", tuple(sorted(set(free))))
+
+    def replace(self, **changes) -> CostSettings:
+        """A copy with ``changes`` applied (and checked)."""
+        return dataclasses.replace(self, **changes)
+
+    def resolve(self, spec: PermutationSpec) -> CostSettings:
+        """The settings with ``"last"`` in ``distance_free`` replaced by that weight's name."""
+        if "last" not in self.distance_free or "last" in spec.weights():
+            return self
+        weights = spec.weights()
+        if not weights:
+            raise ValueError("distance_free names 'last', but the spec charges no weight")
+        free = [n for n in self.distance_free if n != "last"] + [weights[-1]]
+        return self.replace(distance_free=free)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "distance_free": list(self.distance_free)}
+
+
+class ConnectionCost:
+    """The connection cost of the tensors a spec charges.
+
+    ``ConnectionCost(spec, settings)`` with a :class:`CostSettings`, or
+    ``ConnectionCost(spec, A=2.0, y_star=0.5, ...)`` with its fields as keywords (applied on top
+    of ``settings`` when both are given).
+    """
+
+    def __init__(self, spec: PermutationSpec, settings: CostSettings | None = None, **changes):
+        if settings is None:
+            settings = CostSettings(**changes)
+        elif changes:
+            settings = settings.replace(**changes)
+        settings = settings.resolve(spec)
+        unknown = set(settings.distance_free) - set(spec.weights())
         if unknown:
             raise ValueError(
                 f"distance_free names {sorted(unknown)}, which are not charged weights "
                 f"(weights: {', '.join(spec.weights())})"
             )
         self.spec = spec
-        self.A, self.y_star, self.p = float(A), float(y_star), float(p)
-        self.bias, self.reduction = bool(bias), reduction
-        self.distance_free = distance_free
+        self.settings = settings
+        self.A, self.y_star, self.p = settings.A, settings.y_star, settings.p
+        self.bias, self.reduction = settings.bias, settings.reduction
+        self.distance_free = set(settings.distance_free)
         self._slot_distance: dict[str, np.ndarray] = {}
         for name in spec.weights():
             out_g, in_g = (spec.groups[g] for g in spec.axes[name])
-            if name in distance_free:
+            if name in self.distance_free:
                 d = np.full((out_g.size, in_g.size), self.y_star)
             else:
                 d = pairwise_distance(out_g.coords, in_g.coords, self.A, self.y_star, self.p)
@@ -185,7 +227,7 @@ class ConnectionCost:
                     continue
                 w = tensor(module, name).detach().abs().to("cpu", torch.float64)
                 w = w if dim == 0 else w.T
-                w = w.reshape(-1, n, w.shape[1]).sum(0)  # fold neurons sharing a slot
+                w = fold_sum(w, n, 0)  # neurons sharing a slot act as one
                 d = self._distance64(tensor(module, name).shape, name)
                 d = d[:n] if dim == 0 else d[:, :n].T
                 scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0

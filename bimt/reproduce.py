@@ -220,13 +220,11 @@ def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> t
 
 def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
     """The seed-0 graphs of every method, side by side: ``OUT/figures/TASK.png``."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     from . import viz
-    from .train import load_model
+    from .models import wiring_of
+    from .runs import load_model
 
     shown = [m for m in ("vanilla", "l1", "bimt") if m in methods] or methods
     models = []
@@ -236,11 +234,11 @@ def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
             models.append((m, load_model(run)[0]))
     if not models:
         return None
-    three_d = any(g.coords.shape[1] == 2 for g in models[0][1].spec.groups.values())
-    fig = plt.figure(figsize=(5.5 * len(models), 6 if not three_d else 5.5))
+    three_d = wiring_of(models[0][1]).view == "layered3d"
+    fig = Figure(figsize=(5.5 * len(models), 6 if not three_d else 5.5))
     for i, (m, model) in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1, projection="3d" if three_d else None)
-        model.plot(ax=ax, title=f"{METHOD_NAME.get(m, m)}")
+        viz.plot(model, ax=ax, title=f"{METHOD_NAME.get(m, m)}")
     fig.suptitle(f"{task}: seed 0")
     path = out / "figures" / f"{task}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Group", "PermutationSpec", "CHARGE_KINDS"]
+__all__ = ["Group", "PermutationSpec", "CHARGE_KINDS", "fold_index", "fold_sum", "tensor"]
 
 #: How a tensor is charged by the connection cost: ``weight`` by ``|w| * length`` (both axes
 #: must belong to groups), ``bias`` and ``embedding`` by ``|x| * y_star``.
@@ -79,17 +79,24 @@ class PermutationSpec:
 
     ``axes`` maps a parameter or buffer name (as in ``module.named_parameters()``) to one entry
     per tensor axis: a group name or ``None``. ``charges`` maps parameter names to one of
-    :data:`CHARGE_KINDS`; tensors not listed there are permuted but cost nothing.
+    :data:`CHARGE_KINDS`; tensors not listed there are permuted but cost nothing. ``free``
+    names the module's parameters and buffers that no group indexes on purpose (a shared
+    PReLU slope, a step counter); :meth:`check` refuses any other tensor the table forgets.
     """
 
     groups: dict[str, Group]
     axes: dict[str, tuple[str | None, ...]]
     charges: dict[str, str] = field(default_factory=dict)
+    free: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.groups, (list, tuple)):
             self.groups = {g.name: g for g in self.groups}
         self.axes = {k: tuple(v) for k, v in self.axes.items()}
+        self.free = (self.free,) if isinstance(self.free, str) else tuple(self.free)
+        both = sorted(set(self.free) & set(self.axes))
+        if both:
+            raise ValueError(f"{both} are declared free but also listed in the axes table")
         for name, groups in self.axes.items():
             for g in groups:
                 if g is not None and g not in self.groups:
@@ -133,12 +140,40 @@ class PermutationSpec:
             for dim, g in enumerate(self.axes[name]):
                 if g != group:
                     continue
-                w = tensor(module, name).detach().abs().to("cpu", torch.float64).movedim(dim, 0)
-                score += w.reshape(-1, n, *w.shape[1:]).transpose(0, 1).reshape(n, -1).sum(1)
+                w = fold_sum(tensor(module, name).detach().abs().to("cpu", torch.float64), n, dim)
+                score += w.movedim(dim, 0).reshape(n, -1).sum(1)
         return score.numpy()
 
+    def interface(self) -> dict[str, str]:
+        """``{group: "input" | "output"}``: the groups that are the module's interface.
+
+        An input group feeds weights but nothing in the spec produces it (no weight writes it,
+        no embedding table indexes it); an output group is written by weights and read by none.
+        Moving such a group reorders the module's inputs or outputs unless the module keeps
+        an order buffer for it (what BioMLP, BioTransformer and ``attach`` do).
+        """
+        weights = self.weights()
+        reads = {self.axes[n][1] for n in weights}
+        writes = {self.axes[n][0] for n in weights}
+        embedded = {g for n, k in self.charges.items() if k == "embedding" for g in self.axes[n]}
+        out = {}
+        for g in self.groups:
+            if g in reads and g not in writes and g not in embedded:
+                out[g] = "input"
+            elif g in writes and g not in reads:
+                out[g] = "output"
+        return out
+
+    def slot_index(self, group: str, slots, length: int) -> torch.Tensor:
+        """Indices along an axis of ``length`` (``fold`` neurons per slot) of ``group``'s slots."""
+        slots = torch.as_tensor(slots, dtype=torch.long)
+        return fold_index(slots, self.groups[group].size, length)
+
     def check(self, module: nn.Module) -> None:
-        """Raise a clear error if the spec does not fit ``module``'s tensors."""
+        """Refuse, naming the tensor, a spec that does not fit ``module``: a tensor of the wrong
+        rank or axis length, a parameter or buffer that no axis covers and is not declared
+        ``free``, or an input/output group that may move while the module keeps no order
+        buffer for it (the next swap would silently change what the module computes)."""
         for name, groups in self.axes.items():
             t = tensor(module, name)
             if t.dim() != len(groups):
@@ -155,6 +190,32 @@ class PermutationSpec:
                         f"axis {dim} of {name!r} has length {t.shape[dim]}, which is not a "
                         f"multiple (fold) of group {g!r}'s {n} neurons"
                     )
+        if isinstance(module, dict):
+            return
+        for name in self.free:
+            tensor(module, name)  # a free name must exist too
+        covered = set(self.axes) | set(self.free)
+        named = [*module.named_parameters(), *module.named_buffers()]
+        for name, t in named:
+            if name not in covered:
+                raise ValueError(
+                    f"tensor {name!r} (shape {tuple(t.shape)}) is in the module but not in the "
+                    "spec: list its axes (e.g. a bias indexed by its layer's group) or declare "
+                    f"it free (PermutationSpec(..., free=({name!r},)))"
+                )
+        for g, role in self.interface().items():
+            if self.groups[g].frozen or self.groups[g].size < 2:
+                continue
+            orders = [n for n, d in self.axes_of(g)
+                      if n not in self.charges and not tensor(module, n).is_floating_point()]
+            if not orders:
+                touching = ", ".join(repr(n) for n, _ in self.axes_of(g))
+                raise ValueError(
+                    f"group {g!r} is the module's {role} (tensors {touching}) and may move, but "
+                    f"the module keeps no order buffer for it, so a swap would reorder its "
+                    f"{role}s: freeze it (Group({g!r}, ..., frozen=True)) or add an integer "
+                    "order buffer that forward applies, listed in the axes"
+                )
 
     def fold(self, module: nn.Module, name: str, dim: int) -> int:
         return tensor(module, name).shape[dim] // self.groups[self.axes[name][dim]].size
@@ -175,6 +236,13 @@ def tensor(module, name: str) -> torch.Tensor:
         return module.get_buffer(name)
     except AttributeError:
         raise KeyError(f"the model has no parameter or buffer named {name!r}") from None
+
+
+def fold_sum(w: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """``w`` with axis ``dim`` (``fold * n`` neurons, neuron ``f * n + s`` at slot ``s``) summed
+    over its folds: that axis becomes ``n`` long, one entry per slot."""
+    w = w.movedim(dim, 0)
+    return w.reshape(-1, n, *w.shape[1:]).sum(0).movedim(0, dim)
 
 
 def fold_index(perm: torch.Tensor, n: int, length: int) -> torch.Tensor:

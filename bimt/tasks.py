@@ -93,7 +93,7 @@ def _mlp_model(**fixed):
 
         return BioMLP(
             config["widths"], A=config["A"], y_star=config["y_star"], p=config["p"],
-            reduction=config["reduction"], last_distance_free=config["last_distance_free"],
+            reduction=config["reduction"], distance_free=config["distance_free"] or (),
             **fixed,
         )
 
@@ -293,10 +293,10 @@ def _mnist(seed: int, data_dir=None) -> Data:
 register_task(Task(
     "mnist", "MNIST digits, 784-100-100-10 embedded in 3D: grids and a ring of outputs (Fig. 8)",
     "classification", _mnist,
-    _mlp_model(layout=["grid", "grid", "grid", "ring"], freeze_input=True),
+    _mlp_model(layout=["grid", "grid", "grid", "ring"], freeze_inputs=True),
     dict(widths=[784, 100, 100, 10], steps=40000, lr=1e-3, batch_size=100, loss="mse",
          lambda_schedule=FOUR_PHASES, A=2.0, y_star=0.5, top_k=30, swap_every=500,
-         reduction="mean", last_distance_free=True, eval_every=1000),
+         reduction="mean", distance_free=["last"], eval_every=1000),
 ))
 
 

@@ -20,14 +20,12 @@ holds the config as used, a checkpoint written atomically every ``checkpoint_eve
 
 from __future__ import annotations
 
-import copy
-import csv
 import dataclasses
-import io
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,158 +33,25 @@ import numpy as np
 import torch
 from torch import nn
 
+from .analysis.graph import modularity
+from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
 from .cost import ConnectionCost
-from .fileio import atomic_write_bytes, write_json
-from .swap import SWAP_MODES, swap_pass
+from .fileio import write_json
+from .models.wiring import wiring_of
+from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
+    MODULE_TASK, _n_outputs, load_checkpoint, load_model, save_checkpoint, targets, wiring_record,
+    write_history_csv, write_metrics, write_plots,
+)
+from .swap import swap_pass
 from .tasks import Data, Task, get_task
 
-__all__ = ["TrainConfig", "TrainResult", "train", "METHODS", "TrainingDiverged", "lambda_at"]
+__all__ = ["TrainConfig", "TrainResult", "train", "METHODS", "TrainingDiverged", "lambda_at",
+           "load_model"]
 
-METHODS = ("vanilla", "l1", "l1-local", "l1-swap", "bimt")
-LOSSES = ("mse", "ce")
-DTYPES = ("float32", "float64")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs; unset fields (``None``) take the task's defaults."""
-
-    task: str = "two-moons"
-    method: str = "bimt"
-    seed: int = 0
-    steps: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.0
-    batch_size: int | None = None  # None: full batch
-    loss: str | None = None  # mse | ce
-    widths: list[int] | None = None
-    lambda_schedule: list[list[float]] | None = None  # [[value, steps], ...]
-    lambda_milestones: list[list[float]] | None = None  # [[fraction, factor], ...] on the first value
-    A: float | None = None
-    y_star: float | None = None
-    p: float = 1.0
-    reduction: str | None = None  # sum | mean
-    last_distance_free: bool | None = None
-    bias_free_fraction: float | None = None  # biases uncharged for this fraction of the run
-    top_k: int | None = None
-    swap_every: int | None = None
-    swap_mode: str = "greedy"
-    eval_every: int | None = None
-    checkpoint_every: int | None = None
-    animate: bool = False
-    animate_frames: int = 40
-    data_dir: str | None = None
-    threads: int = 1  # torch threads while training; small networks run fastest on one
-    dtype: str = "float32"  # or "float64", as some reference notebooks train
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(
-                f"unknown config key(s) {', '.join(map(repr, unknown))}; allowed keys: "
-                f"{', '.join(sorted(names))}"
-            )
-        return cls(**d)
-
-    def resolved(self, task: Task | None = None) -> TrainConfig:
-        """A copy with the task's defaults filled in, rescaled to ``steps``, and checked."""
-        task = task or get_task(self.task)
-        base = dict(
-            steps=1000, lr=1e-3, loss="mse", lambda_schedule=[[1e-3, 1]], A=1.0, y_star=1.0,
-            reduction="sum", last_distance_free=False, bias_free_fraction=0.0, top_k=None,
-            swap_every=200,
-        )
-        base.update(task.defaults)
-        out = dataclasses.replace(self)
-        for f in dataclasses.fields(self):
-            if getattr(out, f.name) is None and f.name in base:
-                setattr(out, f.name, copy.deepcopy(base[f.name]))
-        if out.lambda_milestones is not None:
-            out.lambda_schedule = milestone_schedule(out.lambda_schedule[0][0], out.lambda_milestones)
-            out.lambda_milestones = None
-        if out.eval_every is None:
-            out.eval_every = max(1, min(out.steps // 20 or 1, base.get("eval_every", 500)))
-        if out.checkpoint_every is None:
-            out.checkpoint_every = max(1, min(out.steps, 2000))
-        out.validate()
-        return out
-
-    def validate(self) -> None:
-        def positive_int(name):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-                raise ValueError(f"{name} must be a positive integer, got {v!r}")
-
-        for name in ("steps", "batch_size", "top_k", "swap_every", "eval_every",
-                     "checkpoint_every", "animate_frames", "threads"):
-            positive_int(name)
-        if self.dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}; allowed: {', '.join(DTYPES)}")
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; allowed: {', '.join(METHODS)}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; allowed: {', '.join(LOSSES)}")
-        if self.swap_mode not in SWAP_MODES:
-            raise ValueError(f"unknown swap mode {self.swap_mode!r}; allowed: {', '.join(SWAP_MODES)}")
-        for name in ("A", "y_star", "lr", "weight_decay"):
-            v = getattr(self, name)
-            if v is not None and (not math.isfinite(v) or v < 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
-        if self.lr is not None and self.lr == 0:
-            raise ValueError("lr must be > 0")
-        if self.p is not None and self.p < 1:
-            raise ValueError(f"p must be >= 1, got {self.p}")
-        if self.bias_free_fraction is not None and not 0 <= self.bias_free_fraction <= 1:
-            raise ValueError(f"bias_free_fraction must be in [0, 1], got {self.bias_free_fraction}")
-        if self.lambda_schedule is not None:
-            if not self.lambda_schedule:
-                raise ValueError("lambda_schedule must list at least one [value, steps] phase")
-            for phase in self.lambda_schedule:
-                if len(phase) != 2:
-                    raise ValueError(f"each lambda phase is [value, steps], got {phase!r}")
-                value, length = phase
-                if not math.isfinite(value) or value < 0:
-                    raise ValueError(f"lambda must be a finite number >= 0, got {value!r}")
-                if length <= 0:
-                    raise ValueError(f"a lambda phase must last > 0 steps, got {length!r}")
-
-
-def milestone_schedule(start: float, milestones) -> list[list[float]]:
-    """The paper's multiplicative form as phases: ``start``, times ``factor`` from ``fraction`` on.
-
-    ``milestone_schedule(1e-3, [[0.25, 10], [0.75, 0.1]])`` is ``1e-3, 1e-2, 1e-3`` for a quarter,
-    a half and a quarter of the run.
-    """
-    points = sorted((float(f), float(k)) for f, k in milestones)
-    for f, k in points:
-        if not 0 < f < 1 or not math.isfinite(k) or k < 0:
-            raise ValueError(
-                f"a lambda milestone is [fraction in (0, 1), factor >= 0], got [{f}, {k}]"
-            )
-    phases, value, at = [], float(start), 0.0
-    for f, k in points:
-        if f > at:
-            phases.append([value, f - at])
-        value, at = value * k, f
-    phases.append([value, 1.0 - at])
-    return phases
-
-
-def lambda_at(schedule, step: int, total_steps: int) -> float:
-    """Lambda at ``step``; phases are stretched in proportion when they do not sum to the run."""
-    span = sum(length for _, length in schedule)
-    position = step * span / total_steps
-    for value, length in schedule:
-        if position < length:
-            return float(value)
-        position -= length
-    return float(schedule[-1][0])
 
 
 @dataclass
@@ -207,19 +72,44 @@ def train(
     resume: bool = False,
     progress: bool = True,
     plots: bool = True,
+    *,
+    model: nn.Module | None = None,
+    data=None,
     **overrides,
 ) -> TrainResult:
     """Train one model; with ``out``, write the run directory there.
 
     ``bimt.fit(task="two-moons", steps=3000)`` is the shortest call; a ``TrainConfig`` or a
-    dict works too, and ``task`` may be a :class:`Task` object (your own task). ``resume=True``
-    continues from ``out/checkpoint.pt`` with the config saved there, and gives exactly the
+    dict works too, and ``task`` may be a :class:`Task` object (your own task).
+
+    ``bimt.fit(model=module, data=(X_train, y_train, X_test, y_test), loss="mse", ...)`` trains
+    your own module instead (it needs a wiring: :func:`bimt.attach`); ``data`` may also be
+    ``(train_loader, test_loader)`` (``DataLoader`` s of ``(x, y)`` batches: one batch a step,
+    each epoch's order drawn from the run's seed). ``loss`` is ``"mse"``, ``"ce"`` or a function
+    ``loss(output, target)``. The cost settings are the module's (``module.bimt.settings``);
+    ``A=...`` and the like given here replace them.
+
+    ``resume=True`` continues from ``out/checkpoint.pt`` with the config saved there (for your
+    own module: pass the same ``model`` class, fresh, and ``data`` again), and gives exactly the
     numbers an uninterrupted run would.
     """
-    task = None
+    task, loss_fn = None, None
+    if callable(overrides.get("loss")):
+        loss_fn = overrides.pop("loss")
+        overrides["loss"] = "custom"
     if isinstance(overrides.get("task"), Task):
         task = overrides["task"]
         overrides["task"] = task.name
+    if model is not None:
+        if task is not None or "task" in overrides:
+            raise ValueError("give fit either task= or model= (with data=), not both")
+        if data is None:
+            raise ValueError("fit(model=...) needs data=(X_train, y_train, X_test, y_test) or "
+                             "data=(train_loader, test_loader)")
+        overrides["task"] = MODULE_TASK
+    elif data is not None:
+        raise ValueError("data= goes with model=; for your own data and a BioMLP use "
+                         "bimt.task_from_arrays(...)")
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
     config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
@@ -230,52 +120,132 @@ def train(
             raise ValueError("resume needs the run directory (out=...)")
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
         config = TrainConfig.from_dict(checkpoint["config"])
+        if config.task == MODULE_TASK and model is None:
+            raise ValueError(f"{run_dir} trained your own module: resume with fit(model=<a fresh "
+                             "instance>, data=<the same data>, out=..., resume=True)")
+    if config.loss == "custom" and loss_fn is None:
+        raise ValueError("this run uses a loss function of yours: pass it again as loss=fn")
+    if model is not None:
+        wiring = wiring_of(model)
+        config = _with_settings_of(config, wiring)
+        task = _module_task(model, data, config.loss)
     task = task or get_task(config.task)
     cfg = config.resolved(task)
+    if model is not None:
+        wiring.settings = cfg.cost_settings(bias=wiring.settings.bias)
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, config, task, run_dir, checkpoint, progress, plots)
+        return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResult:
+def _with_settings_of(config: TrainConfig, wiring) -> TrainConfig:
+    """The config with its unset cost settings taken from the module's wiring."""
+    have = wiring.settings.to_dict()
+    return dataclasses.replace(config, **{k: have[k] for k in ("A", "y_star", "p", "reduction",
+                                                                  "distance_free")
+                                          if getattr(config, k) is None})
+
+
+def _module_task(model: nn.Module, data, loss: str | None) -> Task:
+    """A :class:`Task` around the user's module and data (it hands out that very module)."""
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+        raise ValueError("data must be (X_train, y_train, X_test, y_test) or "
+                         f"(train_loader, test_loader), got {type(data).__name__}")
+    if len(data) == 2:
+        for what, loader in zip(("train", "test"), data):
+            if not isinstance(loader, torch.utils.data.DataLoader):
+                raise ValueError(f"the {what} loader must be a torch DataLoader, got "
+                                 f"{type(loader).__name__}")
+        d = Data(data[0], None, data[1], None, "DataLoader")
+        kind = "classification" if loss == "ce" else "regression"
+    else:
+        dtype = next(iter(model.parameters())).dtype
+        as_t = lambda a: (lambda t: t.to(dtype) if t.is_floating_point() else t)(torch.as_tensor(a))
+        d = Data(*(as_t(a) for a in data), "arrays")
+        if len(d.X_train) != len(d.y_train) or len(d.X_test) != len(d.y_test):
+            raise ValueError(f"{len(d.X_train)} training inputs for {len(d.y_train)} targets, "
+                             f"{len(d.X_test)} test inputs for {len(d.y_test)} targets")
+        kind = "classification" if loss == "ce" or not d.y_train.is_floating_point() else "regression"
+    return Task(MODULE_TASK, f"your {type(model).__name__}", kind, lambda seed, data_dir=None: d,
+                lambda config: model)
+
+
+class _Batches:
+    """The batch of each step, reproducible from (seed, step) alone, so a resumed run draws
+    exactly what an uninterrupted one would."""
+
+    def __init__(self, X, y, batch_size, seed):
+        self.X, self.y, self.batch_size, self.seed = X, y, batch_size, seed
+        self.loader = X if isinstance(X, torch.utils.data.DataLoader) else None
+        self._it, self._at = None, None
+        self._gen = torch.Generator()
+
+    def __call__(self, step: int):
+        if self.loader is not None:
+            return self._from_loader(step)
+        n = len(self.X)
+        if self.batch_size is None or self.batch_size >= n:
+            return self.X, self.y
+        self._gen.manual_seed(self.seed * 1_000_003 + step)
+        idx = torch.randint(n, (self.batch_size,), generator=self._gen)
+        return self.X[idx], self.y[idx]
+
+    def _from_loader(self, step: int):
+        per_epoch = len(self.loader)
+        epoch, k = divmod(step, per_epoch)
+        if self._at != (epoch, k):
+            with torch.random.fork_rng(devices=[]):  # each epoch's order from (seed, epoch) only
+                torch.manual_seed(self.seed * 1_000_003 + epoch)
+                self._it = iter(self.loader)
+                batch = next(self._it)
+            for _ in range(k):
+                batch = next(self._it)
+        else:
+            batch = next(self._it)
+        self._at = (epoch, k + 1) if k + 1 < per_epoch else None
+        xb, yb = batch
+        return xb, yb
+
+
+def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=None) -> TrainResult:
     _seed_everything(cfg.seed)
-    data = task.make_data(cfg.seed, cfg.data_dir)
+    data = dataclasses.replace(task.make_data(cfg.seed, cfg.data_dir))
     model = task.make_model(dataclasses.asdict(cfg))
+    wiring = wiring_of(model)
     if cfg.dtype != "float32":
         dtype = getattr(torch, cfg.dtype)
         model = model.to(dtype)
-        cast = lambda t: t.to(dtype) if t.is_floating_point() else t
+        cast = lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
         data.X_train, data.y_train = cast(data.X_train), cast(data.y_train)
         data.X_test, data.y_test = cast(data.X_test), cast(data.y_test)
-    if getattr(model, "input_labels", None) is None and data.input_labels is not None:
-        model.input_labels = data.input_labels
-    if getattr(model, "output_labels", None) is None and data.output_labels is not None:
-        model.output_labels = data.output_labels
-    _check_top_k(model, cfg)
+    if wiring.input_labels is None and data.input_labels is not None:
+        wiring.input_labels = data.input_labels
+    if wiring.output_labels is None and data.output_labels is not None:
+        wiring.output_labels = data.output_labels
+    _check_top_k(wiring.spec, cfg)
     optimizer = _optimizer(model, cfg)
 
+    # the run's costs, all derived from the model's own settings
+    spec, settings = wiring.spec, wiring.settings
     charged = cfg.method != "vanilla"
-    grad_A = 0.0 if cfg.method in ("l1", "l1-swap") else cfg.A
     swaps = cfg.method in ("l1-swap", "bimt")
-    settings = dict(y_star=cfg.y_star, p=cfg.p, reduction=cfg.reduction,
-                    distance_free=_distance_free(model, cfg))
-    # what the run is charged (reported as connection_cost), and what its gradient follows
-    local_cost = ConnectionCost(model.spec, A=cfg.A, **settings)
-    grad_cost = ConnectionCost(model.spec, A=grad_A, **settings)
-    grad_cost_no_bias = ConnectionCost(model.spec, A=grad_A, bias=False, **settings)
+    local_cost = wiring.connection_cost  # what the run is charged (reported as connection_cost)
+    grad_settings = settings.replace(A=0.0) if cfg.method in ("l1", "l1-swap") else settings
+    grad_cost = ConnectionCost(spec, grad_settings)
+    grad_cost_no_bias = ConnectionCost(spec, grad_settings.replace(bias=False))
     # swaps are judged by the full local cost: a distance-free layer only shapes the gradient
     # (as in the reference code, so MNIST's output ring can still rearrange its classes)
-    swap_cost = ConnectionCost(model.spec, A=cfg.A, y_star=cfg.y_star, p=cfg.p,
-                               reduction=cfg.reduction)
+    swap_cost = ConnectionCost(spec, settings.replace(distance_free=()))
     bias_from = int(round(cfg.bias_free_fraction * cfg.steps))
 
-    loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
+    loss_fn = custom_loss or (nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss())
     predict = task.predict or (lambda o: o)
-    X_tr, y_tr = data.X_train, _targets(data.y_train, cfg, model)
-    n_train = len(X_tr)
+    n_out = _n_outputs(wiring)
+    batches = _Batches(data.X_train, targets(data.y_train, cfg.loss, model, n_out), cfg.batch_size,
+                       cfg.seed)
 
     history: list[dict] = []
     step = 0
@@ -290,6 +260,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", dataclasses.asdict(config))
+    extra = {"wiring": wiring_record(wiring)} if cfg.task == MODULE_TASK else None
     snapshot_every = max(1, cfg.steps // cfg.animate_frames)
     if cfg.animate and step == 0:
         snapshots.append(_snapshot(model, 0))
@@ -297,14 +268,10 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
     bar = _progress(cfg, step, progress)
     start = time.perf_counter() - elapsed
     model.train()
-    batch_gen = torch.Generator()
     while step < cfg.steps:
-        if cfg.batch_size is None or cfg.batch_size >= n_train:
-            xb, yb = X_tr, y_tr
-        else:
-            batch_gen.manual_seed(cfg.seed * 1_000_003 + step)
-            idx = torch.randint(n_train, (cfg.batch_size,), generator=batch_gen)
-            xb, yb = X_tr[idx], y_tr[idx]
+        xb, yb = batches(step)
+        if batches.loader is not None:
+            yb = targets(yb, cfg.loss, model, n_out)
         optimizer.zero_grad(set_to_none=False)
         loss = loss_fn(predict(model(xb)), yb)
         loss.backward()
@@ -314,7 +281,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
         optimizer.step()
         step += 1
         if swaps and step % cfg.swap_every == 0:
-            swap_pass(model, model.spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
+            swap_pass(model, spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
         if cfg.animate and step % snapshot_every == 0:
             snapshots.append(_snapshot(model, step))
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -322,7 +289,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
             if not math.isfinite(train_loss):
                 bar.close()
                 raise _diverged(f"the training loss became {train_loss}", step, lam, cfg, run_dir)
-            row = _evaluate(model, data, cfg, task, loss_fn, predict, local_cost)
+            row = _evaluate(model, data, cfg, task, loss_fn, predict, local_cost, n_out)
             row.update(step=step, lam=lam, train_loss_batch=train_loss,
                        wall_s=round(time.perf_counter() - start, 3))
             history.append(row)
@@ -334,16 +301,17 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots) -> TrainResu
                 raise _diverged("the parameters are no longer finite, or their loss is not",
                                 step, lam, cfg, run_dir)
             save_checkpoint(run_dir / "checkpoint.pt", model, optimizer, step, history,
-                            dataclasses.asdict(config), time.perf_counter() - start, snapshots)
+                            dataclasses.asdict(config), time.perf_counter() - start, snapshots,
+                            extra)
     bar.close()
     wall = time.perf_counter() - start
-    metrics = final_metrics(model, data, cfg, task, loss_fn, predict, local_cost, wall)
+    metrics = final_metrics(model, data, cfg, task, loss_fn, predict, local_cost, wall, n_out)
     result = TrainResult(model, metrics, history, cfg, data, run_dir, snapshots)
     if run_dir is not None:
         write_history_csv(run_dir / "history.csv", history)
         if plots:
             write_plots(result)
-        write_json(run_dir / "metrics.json", metrics)  # last: it marks the run complete
+        write_metrics(run_dir, metrics)  # last: it marks the run complete
     return result
 
 
@@ -364,23 +332,10 @@ def _diverged(what: str, step: int, lam: float, cfg, run_dir) -> TrainingDiverge
     )
 
 
-def _targets(y: torch.Tensor, cfg: TrainConfig, model) -> torch.Tensor:
-    if cfg.loss == "mse" and not y.is_floating_point():
-        n = model.widths[-1] if hasattr(model, "widths") else int(y.max()) + 1
-        return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
-    return y
-
-
-def _distance_free(model, cfg) -> list[str]:
-    if not cfg.last_distance_free:
-        return []
-    return [model.spec.weights()[-1]]
-
-
-def _check_top_k(model, cfg) -> None:
+def _check_top_k(spec, cfg) -> None:
     if cfg.top_k is None:
         return
-    sizes = [g.size for g in model.spec.groups.values() if not g.frozen]
+    sizes = [g.size for g in spec.groups.values() if not g.frozen]
     if sizes and cfg.top_k > max(sizes):
         raise ValueError(
             f"top_k={cfg.top_k} is larger than every swappable layer (largest: {max(sizes)} "
@@ -407,12 +362,13 @@ def _snapshot(model, step: int):
 
 
 @torch.no_grad()
-def _evaluate(model, data, cfg, task, loss_fn, predict, cost) -> dict:
+def _evaluate(model, data, cfg, task, loss_fn, predict, cost, n_out=None) -> dict:
     model.eval()
     row = {}
     for split, X, y in (("train", data.X_train, data.y_train), ("test", data.X_test, data.y_test)):
-        out = predict(_batched(model, X))
-        row[f"{split}_loss"] = float(loss_fn(out, _targets(y, cfg, model)))
+        out, y = _outputs(model, X, y)
+        out = predict(out)
+        row[f"{split}_loss"] = float(loss_fn(out, targets(y, cfg.loss, model, n_out)))
         row[f"{split}_acc"] = (
             float((out.argmax(-1) == y).float().mean()) if task.kind == "classification" else None
         )
@@ -421,22 +377,28 @@ def _evaluate(model, data, cfg, task, loss_fn, predict, cost) -> dict:
     return row
 
 
-def _batched(model, X, batch: int = 4096):
+def _outputs(model, X, y, batch: int = 4096):
+    """Outputs on a whole split (tensors, in chunks; or every batch of a DataLoader) and its targets."""
+    if isinstance(X, torch.utils.data.DataLoader):
+        outs, ys = zip(*[(model(xb), yb) for xb, yb in X])
+        return torch.cat(outs), torch.cat(ys)
     if len(X) <= batch:
-        return model(X)
-    return torch.cat([model(X[i:i + batch]) for i in range(0, len(X), batch)])
+        return model(X), y
+    return torch.cat([model(X[i:i + batch]) for i in range(0, len(X), batch)]), y
 
 
-def final_metrics(model, data, cfg, task, loss_fn, predict, cost, wall: float) -> dict:
-    from .analysis import modularity
-
-    row = _evaluate(model, data, cfg, task, loss_fn, predict, cost)
+def final_metrics(model, data, cfg, task, loss_fn, predict, cost, wall: float, n_out=None) -> dict:
+    row = _evaluate(model, data, cfg, task, loss_fn, predict, cost, n_out)
     params = [p.detach() for p in model.parameters()]
+    try:
+        q = modularity(model)
+    except ValueError:  # every weight zero
+        q = None
     return {
         "task": cfg.task, "method": cfg.method, "seed": cfg.seed, "steps": cfg.steps,
         "train_loss": row["train_loss"], "test_loss": row["test_loss"],
         "train_acc": row["train_acc"], "test_acc": row["test_acc"],
-        "connection_cost": row["connection_cost"], "modularity": modularity(model),
+        "connection_cost": row["connection_cost"], "modularity": q,
         "n_params": int(sum(p.numel() for p in params)),
         "n_nonzero_params": int(sum((p.abs() > 1e-3 * p.abs().max()).sum() for p in params if p.numel())),
         "wall_s": round(wall, 3), "data_source": data.source,
@@ -459,77 +421,3 @@ def _progress(cfg, initial, enabled):
                 mininterval=0.5, dynamic_ncols=True)
 
 
-# -- files ---------------------------------------------------------------------------------
-def write_history_csv(path, history: list[dict]) -> None:
-    if not history:
-        return
-    keys = list(history[0])
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys)
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
-    atomic_write_bytes(path, buf.getvalue().encode())
-
-
-def save_checkpoint(path, model, optimizer, step, history, config, wall_s, snapshots=()) -> None:
-    state = {
-        "format": "bimt-checkpoint-1", "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(), "step": step, "history": history,
-        "config": config, "wall_s": wall_s, "rng": {"torch": torch.get_rng_state()},
-        "snapshots": list(snapshots),
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint without executing anything from it (``weights_only=True``)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}; nothing to resume")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable bimt checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != "bimt-checkpoint-1":
-        raise ValueError(f"{path} is not a bimt checkpoint (missing format marker)")
-    return state
-
-
-def load_model(run_dir: str | os.PathLike) -> tuple[nn.Module, TrainConfig]:
-    """The trained model of a run directory, with its resolved config."""
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    config = TrainConfig.from_dict(state["config"])
-    task = get_task(config.task)
-    cfg = config.resolved(task)
-    model = task.make_model(dataclasses.asdict(cfg)).to(getattr(torch, cfg.dtype))
-    model.load_state_dict(state["model"])
-    data_labels = task.make_data(cfg.seed, cfg.data_dir)
-    if getattr(model, "input_labels", None) is None:
-        model.input_labels = data_labels.input_labels
-    if getattr(model, "output_labels", None) is None:
-        model.output_labels = data_labels.output_labels
-    model.eval()
-    return model, cfg
-
-
-def write_plots(result: TrainResult) -> None:
-    """graph.png/svg (3D for grid layers), decision_boundary.png, evolution.gif."""
-    from . import viz
-
-    run_dir, model = result.run_dir, result.model
-    viz.save_figure(model.plot(), run_dir / "graph", formats=("png", "svg"))
-    d = result.data
-    two_input_classifier = (
-        d.X_train.ndim == 2 and d.X_train.shape[1] == 2 and d.X_train.is_floating_point()
-        and not d.y_train.is_floating_point()
-    )
-    if two_input_classifier:
-        fig = viz.plot_decision_boundary(model, d.X_test, d.y_test)
-        viz.save_figure(fig, run_dir / "decision_boundary", formats=("png",))
-    if result.config.animate and result.snapshots:
-        boundary = (d.X_test, d.y_test) if two_input_classifier else None
-        viz.write_animation(model, result.snapshots, run_dir / "evolution.gif",
-                            decision_boundary_data=boundary)

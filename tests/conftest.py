@@ -34,8 +34,8 @@ def mlp_configs(draw, max_width: int = 9, max_depth: int = 3, tokens=None, grid=
         layout="grid" if use_grid else "line",
         activation=draw(st.sampled_from(["silu", "tanh", "relu", "identity"])),
         bias=draw(st.booleans()),
-        freeze_input=draw(st.booleans()),
-        freeze_output=draw(st.booleans()),
+        freeze_inputs=draw(st.booleans()),
+        freeze_outputs=draw(st.booleans()),
         A=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
         y_star=draw(st.sampled_from([0.1, 0.5, 1.0])),
         p=draw(st.sampled_from([1.0, 2.0])),
@@ -53,11 +53,19 @@ def mlp_configs(draw, max_width: int = 9, max_depth: int = 3, tokens=None, grid=
     return kw
 
 
+COST_KEYS = ("A", "y_star", "p", "reduction", "bias_cost", "last_distance_free")
+
+
 def build(cfg: dict) -> bimt.BioMLP:
-    """A BioMLP from a config of :func:`mlp_configs` (``seed`` and ``top_k`` are dropped)."""
-    kw = {k: v for k, v in cfg.items() if k not in ("seed", "top_k")}
+    """A BioMLP from a config of :func:`mlp_configs` (``seed`` and ``top_k`` are dropped; the
+    cost keys become the model's :class:`bimt.CostSettings`)."""
+    kw = {k: v for k, v in cfg.items() if k not in ("seed", "top_k") + COST_KEYS}
     torch.manual_seed(cfg.get("seed", 0))
-    return bimt.BioMLP(**kw)
+    settings = bimt.CostSettings(
+        A=cfg.get("A", 1.0), y_star=cfg.get("y_star", 1.0), p=cfg.get("p", 1.0),
+        reduction=cfg.get("reduction", "sum"), bias=cfg.get("bias_cost", True),
+        distance_free=["last"] if cfg.get("last_distance_free") else [])
+    return bimt.BioMLP(**kw, settings=settings)
 
 
 def inputs(model: bimt.BioMLP, batch: int = 6, seed: int = 0) -> torch.Tensor:

@@ -15,6 +15,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+import bimt  # noqa: E402
+import bimt.viz  # noqa: E402
 from bimt import BioMLP, attach  # noqa: E402
 from bimt import analysis as A  # noqa: E402
 
@@ -109,8 +111,9 @@ def test_every_form_of_the_network_gives_the_same_number():
     assert A.modularity((w.module, w.spec)) == q
     assert A.modularity(A.weight_graph(w)) == q
     assert "connection_cost" in A.summary(w)
-    with pytest.raises(TypeError, match="spec"):
-        A.modularity(seq)
+    assert A.modularity(seq) == q  # the handle lives on the module
+    with pytest.raises(TypeError, match=r"bimt\.attach"):
+        A.modularity(nn.Sequential(nn.Linear(4, 6)))
 
 
 def test_modularity_is_deterministic_across_hash_seeds():
@@ -210,7 +213,7 @@ def test_pruning_frontier_ends_at_the_nonzero_count_and_restores():
     with pytest.raises(RuntimeError):
         A.pruning_frontier(m, boom)
     assert_same(m, before)
-    fig = A.plot_pruning_frontier({"bimt": frontier, "other": frontier[1:]})
+    fig = bimt.viz.plot_pruning_frontier({"bimt": frontier, "other": frontier[1:]})
     assert fig.axes[0].get_yscale() == "log"
     plt.close(fig)
 
@@ -328,16 +331,16 @@ def test_embedding_matrix_is_normalized_per_neuron():
 
 def test_embedding_plots():
     m, _ = token_model()
-    fig = A.plot_embedding_pairs(m)
+    fig = bimt.viz.plot_embedding_pairs(m)
     assert fig.axes[0].get_xlabel() == "neuron 0" and fig.axes[0].get_ylabel() == "neuron 1"
     plt.close(fig)
-    fig = A.plot_embedding_pairs(m, pairs=[(0, 1), (1, 2)])
+    fig = bimt.viz.plot_embedding_pairs(m, pairs=[(0, 1), (1, 2)])
     plt.close(fig)
-    fig = A.plot_embedding_heatmap(m)
+    fig = bimt.viz.plot_embedding_heatmap(m)
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["0", "1"]  # the active embedding neurons
     plt.close(fig)
-    plt.close(A.plot_embedding_heatmap(m, active_only=False))
+    plt.close(bimt.viz.plot_embedding_heatmap(m, active_only=False))
 
 
 # -- summary ---------------------------------------------------------------------------------

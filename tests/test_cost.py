@@ -36,7 +36,7 @@ def test_cost_matches_brute_force(cfg):
 # distance-free last layer, per-tensor mean; and a folded token model (modular addition).
 EXPLICIT = {
     "mnist_like": dict(widths=[16, 9, 9, 4], layout=["grid", "grid", "grid", "ring"], A=2.0,
-                       y_star=0.5, reduction="mean", freeze_input=True, last_distance_free=True,
+                       y_star=0.5, reduction="mean", freeze_inputs=True, last_distance_free=True,
                        p=1.0, bias_cost=True),
     "mnist_like_l2_sum": dict(widths=[16, 9, 4], layout=["grid", "grid", "ring"], A=1.5,
                               y_star=0.3, reduction="sum", p=2.0, bias_cost=True,

@@ -79,7 +79,7 @@ def test_layout_single_array_for_all_layers():
 def test_mnist_like_model():
     torch.manual_seed(0)
     model = bimt.BioMLP([16, 9, 9, 4], layout=["grid", "grid", "grid", "ring"], A=2.0,
-                        y_star=0.5, reduction="mean", freeze_input=True, last_distance_free=True)
+                        y_star=0.5, reduction="mean", freeze_inputs=True, distance_free=["last"])
     assert model.spec.groups["layer0"].frozen and model.spec.groups["layer1"].coords.shape == (9, 2)
     assert model.wiring.connection_cost.distance_free == {"linears.2.weight"}
     x = torch.rand(5, 16)
@@ -241,7 +241,7 @@ def test_attach_other_bad_inputs():
         bimt.attach(nn.Sequential(nn.Linear(3, 4), nn.PReLU(4), nn.Linear(4, 2)))
     with pytest.raises(ValueError, match="no nn.Linear"):
         bimt.attach(nn.Sequential(nn.ReLU()))
-    with pytest.raises(TypeError, match="expected an nn.Sequential, got Linear"):
+    with pytest.raises(TypeError, match="nn.Sequential only, got Linear"):
         bimt.attach(nn.Linear(3, 2))
     with pytest.raises(ValueError, match="square number of neurons, got 3"):
         bimt.attach(nn.Sequential(nn.Linear(4, 3)), layout="grid")

@@ -10,6 +10,7 @@ import torch
 
 matplotlib.use("Agg")
 
+import bimt.viz
 from bimt import analysis
 from bimt.cli import main
 from bimt.reproduce import reproduce, write_tables
@@ -92,8 +93,8 @@ def test_residual_vs_weight_finds_the_encoding():
     best = view["order"][0]
     assert abs(view["correlation"][best]) == pytest.approx(
         np.abs(view["correlation"][view["alive"]]).max())
-    fig = analysis.plot_residual_vs_weight(result.model, data.X_test[:200], data.y_test[:200])
+    fig = bimt.viz.plot_residual_vs_weight(result.model, data.X_test[:200], data.y_test[:200])
     assert len(fig.axes) >= 3
-    with pytest.raises(TypeError, match="BioTransformer"):
+    with pytest.raises(TypeError, match="residual_stream"):
         analysis.residual_vs_weight(get_task("two-moons").make_model(
             TrainConfig(task="two-moons").resolved().__dict__), data.X_test)

@@ -45,7 +45,7 @@ def test_swap_pass_keeps_outputs(cfg, mode):
 
     # frozen groups did not move: the columns (inputs) / rows (outputs) they index are unchanged
     last = len(model.linears) - 1
-    if cfg["freeze_input"]:
+    if cfg["freeze_inputs"]:
         assert "layer0" not in report.permutations
         rows = report.permutations.get("layer1", np.arange(model.widths[1]))
         if model.embedding is not None:
@@ -53,7 +53,7 @@ def test_swap_pass_keeps_outputs(cfg, mode):
         else:
             assert torch.equal(model.input_order, torch.arange(model.widths[0]))
         assert torch.equal(model.linears[0].weight, before.linears[0].weight[rows])
-    if cfg["freeze_output"]:
+    if cfg["freeze_outputs"]:
         assert f"layer{last + 1}" not in report.permutations
         assert torch.equal(model.output_order, torch.arange(model.widths[-1]))
         W = before.linears[last].weight
@@ -249,7 +249,7 @@ def test_greedy_matches_naive_reference(cfg):
 def test_greedy_matches_naive_reference_mnist_like():
     torch.manual_seed(3)
     model = bimt.BioMLP([16, 9, 9, 4], layout=["grid", "grid", "grid", "ring"], A=2.0,
-                        y_star=0.5, reduction="mean", freeze_input=True)
+                        y_star=0.5, reduction="mean", freeze_inputs=True)
     naive_model = copy.deepcopy(model)
     report = model.swap(5, "greedy")
     assert report.swaps > 0

@@ -68,7 +68,7 @@ def test_registry_holds_the_papers_tasks():
     ("permutation-s4", dict(widths=[64, 50, 50, 24], reduction="mean")),
     ("mnist", dict(widths=[784, 100, 100, 10], steps=40000, batch_size=100, loss="mse", A=2.0,
                    y_star=0.5, top_k=30, swap_every=500, reduction="mean",
-                   last_distance_free=True,
+                   distance_free=["last"],
                    lambda_schedule=[[1e-3, 10000], [1e-2, 10000], [1e-1, 10000], [0.3, 10000]])),
     ("in-context", dict(steps=40000, lr=1e-3, batch_size=64, loss="mse", A=2.0, y_star=0.5,
                         top_k=30, swap_every=200, reduction="mean",

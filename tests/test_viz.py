@@ -156,7 +156,7 @@ def test_big_model_skips_negligible_weights_but_not_small_models():
 def test_plot_graph_3d_mnist_shape(tmp_path):
     torch.manual_seed(0)
     model = bimt.BioMLP([784, 100, 100, 10], layout=["grid", "grid", "grid", "ring"],
-                        freeze_input=True, output_labels=[str(d) for d in range(10)])
+                        freeze_inputs=True, output_labels=[str(d) for d in range(10)])
     bimt.apply_permutation(model, model.spec, "layer3", np.roll(np.arange(10), 3))
     fig = viz.plot_graph_3d(model, top_n=50, title="MNIST")
     ax = fig.axes[0]

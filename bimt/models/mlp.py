@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .._checks import positive_int
+from ..cost import CostSettings
 from ..geometry import layout as make_layout
 from ..spec import Group, PermutationSpec
 from .wiring import Wiring, _per_layer, restore_order
@@ -42,9 +44,15 @@ class BioMLP(nn.Module):
     vocab_size, n_tokens : token inputs (modular addition): each of the ``n_tokens`` tokens is
         embedded by one trainable ``vocab_size x widths[0]/n_tokens`` table, and the embeddings
         are concatenated; the tokens' embedding neurons are folds sharing one position each.
-    freeze_input, freeze_output : those neurons never move (MNIST pixels).
-    A, y_star, p, reduction, bias_cost, last_distance_free : connection-cost settings of
-        :attr:`wiring` (see :class:`bimt.ConnectionCost`).
+    bias : linear layers with biases (as ``nn.Linear``).
+    freeze_inputs, freeze_outputs : those neurons never move (MNIST pixels).
+    A, y_star, p, reduction, distance_free : connection-cost settings of :attr:`wiring` (see
+        :class:`bimt.CostSettings`; ``distance_free=["last"]`` for the MNIST output layer).
+    settings : a whole :class:`bimt.CostSettings` instead (then the keywords above are
+        ignored); the way to leave biases uncharged: ``settings=CostSettings(bias=False)``.
+
+    The model attaches itself: ``model.bimt`` (also ``model.wiring``) is its
+    :class:`bimt.Wiring`.
 
     Inputs and outputs keep their order whatever the swaps: ``input_order`` and
     ``output_order`` record which input or output each slot holds, and ``forward`` applies them.
@@ -58,14 +66,14 @@ class BioMLP(nn.Module):
         bias: bool = True,
         vocab_size: int | None = None,
         n_tokens: int = 2,
-        freeze_input: bool = False,
-        freeze_output: bool = False,
+        freeze_inputs: bool = False,
+        freeze_outputs: bool = False,
         A: float = 1.0,
         y_star: float = 1.0,
         p: float = 1.0,
         reduction: str = "sum",
-        bias_cost: bool = True,
-        last_distance_free: bool = False,
+        distance_free: Sequence[str] = (),
+        settings: CostSettings | None = None,
         input_labels: Sequence[str] | None = None,
         output_labels: Sequence[str] | None = None,
     ):
@@ -73,9 +81,11 @@ class BioMLP(nn.Module):
         widths = list(widths)
         if len(widths) < 2:
             raise ValueError(f"widths needs at least 2 layers (input and output), got {widths}")
-        for w in widths:
-            if isinstance(w, bool) or not isinstance(w, int) or w <= 0:
-                raise ValueError(f"every width must be a positive integer, got {widths}")
+        try:
+            for w in widths:
+                positive_int(w, "width")
+        except ValueError:
+            raise ValueError(f"every width must be a positive integer, got {widths}") from None
         self.widths = widths
         self.activation = make_activation(activation)
         self.linears = nn.ModuleList(
@@ -84,8 +94,7 @@ class BioMLP(nn.Module):
         layouts = _per_layer(layout, len(widths))
         in_slots = widths[0]
         if vocab_size is not None:
-            if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size <= 0:
-                raise ValueError(f"vocab_size must be a positive integer, got {vocab_size!r}")
+            positive_int(vocab_size, "vocab_size")
             if (isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens <= 0
                     or widths[0] % n_tokens):
                 raise ValueError(
@@ -102,7 +111,7 @@ class BioMLP(nn.Module):
 
         groups = {}
         for i, (w, kind) in enumerate(zip([in_slots] + widths[1:], layouts)):
-            frozen = (i == 0 and freeze_input) or (i == len(widths) - 1 and freeze_output)
+            frozen = (i == 0 and freeze_inputs) or (i == len(widths) - 1 and freeze_outputs)
             groups[f"layer{i}"] = Group(f"layer{i}", make_layout(kind, w), frozen=frozen)
         last = f"layer{len(widths) - 1}"
         axes, charges = {"output_order": (last,)}, {}
@@ -117,12 +126,36 @@ class BioMLP(nn.Module):
             if bias:
                 axes[f"linears.{i}.bias"] = (f"layer{i + 1}",)
                 charges[f"linears.{i}.bias"] = "bias"
-        self.spec = PermutationSpec(groups, axes, charges)
-        self.input_labels = list(input_labels) if input_labels is not None else None
-        self.output_labels = list(output_labels) if output_labels is not None else None
-        distance_free = [f"linears.{len(self.linears) - 1}.weight"] if last_distance_free else []
-        self.wiring = Wiring(self, self.spec, A=A, y_star=y_star, p=p, bias=bias_cost,
-                             reduction=reduction, distance_free=distance_free)
+        free = [f"activation.{n}" for n, _ in
+                [*self.activation.named_parameters(), *self.activation.named_buffers()]]
+        self.spec = PermutationSpec(groups, axes, charges, free=free)
+        if settings is None:
+            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction,
+                                    distance_free=distance_free)
+        self.bimt = Wiring(self, self.spec, settings, input_labels=input_labels,
+                           output_labels=output_labels, probes={"hidden": "hidden"})
+
+    owns_wiring = True
+
+    @property
+    def wiring(self) -> Wiring:
+        return self.bimt
+
+    @property
+    def input_labels(self):
+        return self.bimt.input_labels
+
+    @input_labels.setter
+    def input_labels(self, labels):
+        self.bimt.input_labels = None if labels is None else list(labels)
+
+    @property
+    def output_labels(self):
+        return self.bimt.output_labels
+
+    @output_labels.setter
+    def output_labels(self, labels):
+        self.bimt.output_labels = None if labels is None else list(labels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return restore_order(self._layers(x)[-1], self.output_order)
@@ -157,11 +190,7 @@ class BioMLP(nn.Module):
 
     def plot(self, ax=None, **kw):
         """The connectivity graph (3D when a layer is a grid or ring); returns the Figure."""
-        from .. import viz
-
-        if any(g.coords.shape[1] == 2 for g in self.spec.groups.values()):
-            return viz.plot_graph_3d(self, ax=ax, **kw)
-        return viz.plot_graph(self, ax=ax, **kw)
+        return self.bimt.plot(ax=ax, **kw)
 
     def extra_repr(self) -> str:
         tokens = f", vocab={self.embedding.shape[0]}x{self.n_tokens}" if self.embedding is not None else ""

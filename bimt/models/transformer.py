@@ -48,6 +48,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from .._checks import positive_int
+from ..cost import CostSettings
 from ..geometry import layout as make_layout
 from ..spec import Group, PermutationSpec
 from .mlp import make_activation
@@ -122,9 +124,10 @@ class BioTransformer(nn.Module):
     bias : linear layers with biases.
     layout : ``line`` (default) for every group, or a mapping from group name (``input``,
         ``resid``, ``attn0``, ``mlp0``, ..., ``output``) to a layout; unnamed groups use lines.
-    freeze_input, freeze_output : those neurons never move.
-    A, y_star, p, reduction, bias_cost : connection-cost settings of :attr:`wiring`
-        (defaults: the paper's in-context run, ``A = 2``, ``y* = 0.5``).
+    freeze_inputs, freeze_outputs : those neurons never move.
+    A, y_star, p, reduction : connection-cost settings of :attr:`wiring` (defaults: the paper's
+        in-context run, ``A = 2``, ``y* = 0.5``); ``settings`` a whole
+        :class:`bimt.CostSettings` instead.
     input_labels, output_labels : optional names of the input and output features (used by
         the plots).
 
@@ -145,30 +148,26 @@ class BioTransformer(nn.Module):
         n_positions: int | None = None,
         bias: bool = True,
         layout: str | Mapping = "line",
-        freeze_input: bool = False,
-        freeze_output: bool = False,
+        freeze_inputs: bool = False,
+        freeze_outputs: bool = False,
         A: float = 2.0,
         y_star: float = 0.5,
         p: float = 1.0,
         reduction: str = "sum",
-        bias_cost: bool = True,
+        settings: CostSettings | None = None,
         input_labels: Sequence[str] | None = None,
         output_labels: Sequence[str] | None = None,
     ):
         super().__init__()
         for what, v in (("d_in", d_in), ("d_out", d_out), ("d_model", d_model),
                         ("n_blocks", n_blocks), ("n_heads", n_heads), ("mlp_ratio", mlp_ratio)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{what} must be a positive integer, got {v!r}")
+            positive_int(v, what)
         if d_model % n_heads:
             raise ValueError(
                 f"n_heads={n_heads} must divide d_model={d_model} (each head gets "
                 f"d_model / n_heads neurons); try d_model={n_heads * max(1, d_model // n_heads)}"
             )
-        if n_positions is not None and (
-            isinstance(n_positions, bool) or not isinstance(n_positions, int) or n_positions <= 0
-        ):
-            raise ValueError(f"n_positions must be a positive integer or None, got {n_positions!r}")
+        positive_int(n_positions, "n_positions", allow_none=True)
         self.d_in, self.d_out, self.d_model = d_in, d_out, d_model
         self.n_blocks, self.n_heads, self.mlp_ratio = n_blocks, n_heads, mlp_ratio
         self.layer_norm, self.n_positions = bool(layer_norm), n_positions
@@ -186,19 +185,43 @@ class BioTransformer(nn.Module):
         self.unembed = nn.Linear(d_model, d_out, bias=bias)
         self.register_buffer("input_order", torch.arange(d_in))
         self.register_buffer("output_order", torch.arange(d_out))
-        self.input_labels = list(input_labels) if input_labels is not None else None
-        self.output_labels = list(output_labels) if output_labels is not None else None
-        for what, labels, n in (("input_labels", self.input_labels, d_in),
-                                ("output_labels", self.output_labels, d_out)):
+        for what, labels, n in (("input_labels", input_labels, d_in),
+                                ("output_labels", output_labels, d_out)):
             if labels is not None and len(labels) != n:
                 raise ValueError(f"{what} has {len(labels)} names for {n} features")
 
-        self.spec = self._build_spec(layout, bias, freeze_input, freeze_output)
-        self.wiring = Wiring(self, self.spec, A=A, y_star=y_star, p=p, bias=bias_cost,
-                             reduction=reduction)
+        self.spec = self._build_spec(layout, bias, freeze_inputs, freeze_outputs)
+        if settings is None:
+            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction)
+        self.bimt = Wiring(self, self.spec, settings, view="transformer",
+                           input_labels=input_labels, output_labels=output_labels,
+                           probes={"residual_stream": "residual_stream",
+                                   "attention_patterns": "attention_patterns"})
+
+    owns_wiring = True
+
+    @property
+    def wiring(self) -> Wiring:
+        return self.bimt
+
+    @property
+    def input_labels(self):
+        return self.bimt.input_labels
+
+    @input_labels.setter
+    def input_labels(self, labels):
+        self.bimt.input_labels = None if labels is None else list(labels)
+
+    @property
+    def output_labels(self):
+        return self.bimt.output_labels
+
+    @output_labels.setter
+    def output_labels(self, labels):
+        self.bimt.output_labels = None if labels is None else list(labels)
 
     # -- the permutation spec ----------------------------------------------------------------
-    def _build_spec(self, layout, bias, freeze_input, freeze_output) -> PermutationSpec:
+    def _build_spec(self, layout, bias, freeze_inputs, freeze_outputs) -> PermutationSpec:
         sizes = {"input": self.d_in, "resid": self.d_model}
         for b in range(self.n_blocks):
             sizes[f"attn{b}"] = self.d_model
@@ -215,7 +238,7 @@ class BioTransformer(nn.Module):
             kinds = {g: layout for g in sizes}
         groups = {}
         for g, n in sizes.items():
-            frozen = (g == "input" and freeze_input) or (g == "output" and freeze_output)
+            frozen = (g == "input" and freeze_inputs) or (g == "output" and freeze_outputs)
             heads = self.n_heads if g.startswith("attn") else 1
             groups[g] = Group(g, make_layout(kinds[g], n), heads=heads, frozen=frozen)
 
@@ -250,7 +273,9 @@ class BioTransformer(nn.Module):
         layer_norm("ln_f")
         linear("unembed", "output", "resid")
         axes["output_order"] = ("output",)
-        return PermutationSpec(groups, axes, charges)
+        free = [f"blocks.{b}.mlp.act.{n}" for b, blk in enumerate(self.blocks)
+                for n, _ in [*blk.mlp.act.named_parameters(), *blk.mlp.act.named_buffers()]]
+        return PermutationSpec(groups, axes, charges, free=free)
 
     # -- the function ------------------------------------------------------------------------
     def _embed(self, x: torch.Tensor) -> torch.Tensor:
@@ -320,9 +345,7 @@ class BioTransformer(nn.Module):
 
     def plot(self, ax=None, **kw):
         """The connectivity graph in the layout of the paper's Fig. 7; returns the Figure."""
-        from ..viz.transformer import plot_transformer_graph
-
-        return plot_transformer_graph(self, ax=ax, **kw)
+        return self.bimt.plot(ax=ax, **kw)
 
     def extra_repr(self) -> str:
         return (

@@ -1,26 +1,30 @@
 """A model together with its geometry: the handle that reads its cost and swaps its neurons.
 
-:class:`Wiring` binds a module to a :class:`PermutationSpec` and to cost settings (``A``,
-``y_star``, norm, ...). :func:`attach` derives the spec of a plain ``nn.Sequential`` of
-``nn.Linear`` layers and elementwise activations, in the way ``torch.nn.utils.prune`` attaches
-to any module: the module keeps its class, and two buffers plus two hooks keep its input and
-output order fixed while its neurons move.
+:class:`Wiring` binds a module to a :class:`PermutationSpec`, to :class:`CostSettings` and to
+a view for drawing. :func:`attach` puts one on any module, in the way ``torch.nn.utils.prune``
+keeps its state on the module: ``module.bimt``. For a plain ``nn.Sequential`` of ``nn.Linear``
+layers and elementwise activations it derives the spec itself, and two buffers plus two hooks
+keep the input and output order fixed while its neurons move; any other module brings a
+hand-written spec, checked against it. :func:`wiring_of` is how every part of bimt finds it.
 """
 
 from __future__ import annotations
 
+import copy
+import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..cost import ConnectionCost
+from .._checks import one_of, positive_int
+from ..cost import ConnectionCost, CostSettings
 from ..geometry import layout as make_layout
-from ..spec import Group, PermutationSpec
+from ..spec import Group, PermutationSpec, tensor
 from ..swap import SwapReport, apply_permutation, swap_pass
 
-__all__ = ["Wiring", "attach", "sequential_spec", "ELEMENTWISE"]
+__all__ = ["Wiring", "attach", "wiring_of", "has_wiring", "sequential_spec", "default_view", "ELEMENTWISE", "VIEWS"]
 
 #: Layers that act on each neuron alone, so a permutation passes straight through them.
 ELEMENTWISE = (
@@ -34,18 +38,51 @@ OUTPUT_ORDER = "bimt_output_order"
 
 
 class Wiring:
-    """A module, its permutation spec and its connection-cost settings.
+    """A module, its permutation spec, its cost settings and how to draw it: bimt's handle.
 
-    ``cost()`` is differentiable; ``swap()`` runs one greedy or exact pass and returns a
-    :class:`SwapReport`. Pass your optimizer to ``swap`` so its state moves with the weights.
+    Made by :func:`attach` (or by BioMLP / BioTransformer for themselves) and kept on the module
+    as ``module.bimt``; :func:`wiring_of` finds it. ``cost()`` is differentiable; ``swap()``
+    runs one pass and returns a :class:`SwapReport` (pass your optimizer so its state moves with
+    the weights); ``step()`` is the whole BIMT step for a loop of your own; ``export()`` gives
+    the plain module back.
+
+    ``view`` names the picture: ``"layered"`` (2D graph of a chain of layers), ``"layered3d"``
+    (grids and rings), ``"transformer"`` (the paper's Fig. 7) or ``"graph"`` (any spec: groups
+    stacked by depth). ``probes`` maps a name (``"hidden"``, ``"residual_stream"``) to a method
+    of the module that analysis may call with inputs.
     """
 
-    def __init__(self, module: nn.Module, spec: PermutationSpec, **cost_settings):
-        spec.check(module)
+    def __init__(self, module: nn.Module, spec: PermutationSpec, settings: CostSettings | None = None,
+                 *, view: str | None = None, input_labels: Sequence[str] | None = None,
+                 output_labels: Sequence[str] | None = None, probes: dict | None = None,
+                 check: bool = True, **cost_settings):
+        if check:
+            spec.check(module)
         self.module = module
         self.spec = spec
-        self.connection_cost = ConnectionCost(spec, **cost_settings)
+        self.connection_cost = ConnectionCost(spec, settings, **cost_settings)
+        self.view = view or default_view(spec)
+        one_of(self.view, VIEWS, "view")
+        self.input_labels = None if input_labels is None else list(input_labels)
+        self.output_labels = None if output_labels is None else list(output_labels)
+        self.probes = dict(probes or {})
+        self.steps_taken = 0
+        self._hooks: tuple[int, ...] = ()  # ids of the order hooks attach() added
 
+    # -- settings ---------------------------------------------------------------------------
+    @property
+    def settings(self) -> CostSettings:
+        return self.connection_cost.settings
+
+    @settings.setter
+    def settings(self, value: CostSettings) -> None:
+        self.connection_cost = ConnectionCost(self.spec, value)
+
+    def with_cost(self, **changes) -> ConnectionCost:
+        """A cost on the same spec with some settings changed (``A=0`` for plain L1, ...)."""
+        return ConnectionCost(self.spec, self.settings.replace(**changes))
+
+    # -- what it does ---------------------------------------------------------------------------
     def cost(self) -> torch.Tensor:
         return self.connection_cost.value(self.module)
 
@@ -65,18 +102,121 @@ class Wiring:
         """Apply a permutation by hand: slot ``s`` of ``group`` takes the neuron at ``perm[s]``."""
         apply_permutation(self.module, self.spec, group, perm, optimizer)
 
-    def with_cost(self, **changes) -> ConnectionCost:
-        """A cost on the same spec with some settings changed (``A=0`` for plain L1, ...)."""
-        c = self.connection_cost
-        settings = dict(A=c.A, y_star=c.y_star, p=c.p, bias=c.bias, reduction=c.reduction,
-                        distance_free=c.distance_free)
-        settings.update(changes)
-        return ConnectionCost(self.spec, **settings)
+    def step(self, optimizer, lam: float, *, swap_every: int | None = 200, top_k: int | None = None,
+             mode: str = "greedy") -> SwapReport | None:
+        """One BIMT step for your own loop, after ``loss.backward()``: add ``lam`` times the
+        cost's gradient to ``.grad``, ``optimizer.step()``, and every ``swap_every`` calls a swap
+        pass that moves the optimizer's state too. Returns the pass's report, else ``None``."""
+        positive_int(swap_every, "swap_every", allow_none=True)
+        self.connection_cost.add_grad_(self.module, lam)
+        optimizer.step()
+        self.steps_taken += 1
+        if swap_every is not None and self.steps_taken % swap_every == 0:
+            return self.swap(top_k, mode, optimizer)
+        return None
+
+    def probe(self, name: str, x):
+        """Run the module's ``name`` probe (see ``probes``) on ``x``."""
+        if name not in self.probes:
+            raise TypeError(
+                f"the {type(self.module).__name__} offers no {name!r} probe (it offers: "
+                f"{', '.join(self.probes) or 'none'}); record the activations yourself "
+                "(e.g. with forward hooks) and pass arrays"
+            )
+        return getattr(self.module, self.probes[name])(x)
+
+    def order(self, group: str) -> torch.Tensor | None:
+        """The order buffer of an interface group (slot ``s`` holds feature ``order[s]``)."""
+        for name, axes in self.spec.axes.items():
+            if axes == (group,) and name not in self.spec.charges:
+                t = tensor(self.module, name)
+                if not t.is_floating_point():
+                    return t
+        return None
+
+    def plot(self, ax=None, **kw):
+        """The connectivity graph in this wiring's view; returns the Figure."""
+        from .. import viz
+
+        return viz.plot(self, ax=ax, **kw)
+
+    def export(self) -> nn.Module:
+        """A deep copy in the interface order: every order buffer folded into the weights (so
+        it reads ``0..n-1``), and for an attached module its hooks, order buffers and ``bimt``
+        handle removed. Its ``state_dict`` loads (strictly) into a fresh instance of the
+        module's class and computes the same outputs. BioMLP and BioTransformer stay what they
+        are (their orders are part of the class), with identity orders."""
+        copy_ = copy.deepcopy(self.module)
+        wiring = copy_.bimt
+        with torch.no_grad():
+            for g in self.spec.interface():
+                order = wiring.order(g)
+                if order is not None:
+                    wiring.permute(g, torch.argsort(order).cpu().numpy())
+        if self._hooks:
+            for hook_id in self._hooks:
+                copy_._forward_pre_hooks.pop(hook_id, None)
+                copy_._forward_hooks.pop(hook_id, None)
+            for name in (INPUT_ORDER, OUTPUT_ORDER):
+                copy_._buffers.pop(name, None)
+        if not wiring.owned:
+            del copy_.bimt
+        return copy_
+
+    @property
+    def owned(self) -> bool:
+        """Whether the module's class made this wiring itself (BioMLP, BioTransformer)."""
+        return getattr(type(self.module), "owns_wiring", False)
 
     def __repr__(self) -> str:
-        c = self.connection_cost
+        c = self.settings
         groups = ", ".join(f"{n}[{g.size}{'*' if g.frozen else ''}]" for n, g in self.spec.groups.items())
         return f"Wiring({type(self.module).__name__}: {groups}; A={c.A}, y*={c.y_star}, p={c.p:g})"
+
+
+VIEWS = ("layered", "layered3d", "transformer", "graph")
+
+
+def default_view(spec: PermutationSpec) -> str:
+    """``layered`` (or ``layered3d`` with grid or ring groups) when the weights form one chain of
+    groups, else ``graph``."""
+    weights = spec.weights()
+    feeds: dict[str, int] = {}
+    fed: dict[str, int] = {}
+    for n in weights:
+        out_g, in_g = spec.axes[n]
+        feeds[in_g] = feeds.get(in_g, 0) + 1
+        fed[out_g] = fed.get(out_g, 0) + 1
+    chain = bool(weights) and all(v == 1 for v in feeds.values()) and all(v == 1 for v in fed.values()) \
+        and sum(g not in fed for g in feeds) == 1
+    if not chain:
+        return "graph"
+    return "layered3d" if any(g.coords.shape[1] >= 2 for g in spec.groups.values()) else "layered"
+
+
+def has_wiring(x) -> bool:
+    """Whether ``x`` is a Wiring or a module carrying one (``module.bimt``)."""
+    return isinstance(x, Wiring) or (isinstance(x, nn.Module) and isinstance(x.__dict__.get("bimt"), Wiring))
+
+
+def wiring_of(x) -> Wiring:
+    """The one way from "a thing" to its :class:`Wiring`: a Wiring, a module with a ``bimt``
+    handle (attached, BioMLP, BioTransformer), a ``(module, spec)`` pair, or a run directory
+    (its trained model, loaded)."""
+    if isinstance(x, Wiring):
+        return x
+    if has_wiring(x):
+        return x.__dict__["bimt"]
+    if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], PermutationSpec):
+        return Wiring(x[0], x[1], check=False)
+    if isinstance(x, (str, os.PathLike)):
+        from ..runs import load_model
+
+        return load_model(x)[0].bimt
+    raise TypeError(
+        f"{type(x).__name__} has no bimt wiring: pass a module given one by bimt.attach(module, "
+        "spec) (BioMLP and BioTransformer have theirs), a Wiring, or a run directory"
+    )
 
 
 def sequential_spec(
@@ -91,11 +231,12 @@ def sequential_spec(
     """The spec of a Sequential of ``nn.Linear`` and elementwise layers: one group per layer."""
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"expected an nn.Sequential, got {type(module).__name__}")
-    linears = []
+    linears, free = [], []
     for i, layer in enumerate(module):
         if isinstance(layer, nn.Linear):
             linears.append((f"{prefix}{i}", layer))
         elif isinstance(layer, ELEMENTWISE):
+            free += [f"{prefix}{i}.{n}" for n, _ in layer.named_parameters()]
             if isinstance(layer, nn.PReLU) and layer.num_parameters != 1:
                 raise ValueError(
                     f"layer {i} (PReLU with {layer.num_parameters} parameters) is per-neuron, "
@@ -132,7 +273,7 @@ def sequential_spec(
         axes[input_order] = ("layer0",)
     if output_order:
         axes[output_order] = (f"layer{len(widths) - 1}",)
-    return PermutationSpec(groups, axes, charges)
+    return PermutationSpec(groups, axes, charges, free=free)
 
 
 def _per_layer(layout, n_layers: int) -> list:
@@ -152,34 +293,50 @@ def _per_layer(layout, n_layers: int) -> list:
 
 
 def attach(
-    module: nn.Sequential,
+    module: nn.Module,
+    spec: PermutationSpec | None = None,
+    settings: CostSettings | None = None,
     *,
-    A: float = 1.0,
-    y_star: float = 1.0,
-    p: float = 1.0,
-    bias: bool = True,
-    reduction: str = "sum",
     layout: str | Sequence = "line",
     freeze_inputs: bool = False,
     freeze_outputs: bool = False,
+    view: str | None = None,
+    input_labels: Sequence[str] | None = None,
+    output_labels: Sequence[str] | None = None,
+    **cost_settings,
 ) -> Wiring:
-    """Give a user's ``nn.Sequential`` a geometry; returns the :class:`Wiring` handle.
+    """Give ``module`` a geometry: returns the :class:`Wiring`, also kept as ``module.bimt``.
 
-    The module keeps its class and its forward; it gains two buffers (``bimt_input_order``,
-    ``bimt_output_order``) and two hooks that apply them, so its inputs and outputs keep their
-    order while input and output neurons move. Attaching twice reuses them.
+    ``spec=None`` derives it for an ``nn.Sequential`` of ``nn.Linear`` and elementwise layers
+    (``layout``, ``freeze_inputs`` and ``freeze_outputs`` shape it); the module keeps its class
+    and its forward and gains two buffers (``bimt_input_order``, ``bimt_output_order``) and two
+    hooks that apply them, so its inputs and outputs keep their order while input and output
+    neurons move (attaching twice reuses them). Any other module brings its own
+    :class:`PermutationSpec`, checked against it (see :meth:`PermutationSpec.check`).
+    ``cost_settings`` are :class:`CostSettings` fields (``A``, ``y_star``, ``p``, ``bias``,
+    ``reduction``, ``distance_free``), applied on top of ``settings``.
     """
+    labels = dict(view=view, input_labels=input_labels, output_labels=output_labels)
+    if spec is not None:
+        wiring = Wiring(module, spec, settings, **labels, **cost_settings)
+        module.bimt = wiring
+        return wiring
+    if not isinstance(module, nn.Sequential):
+        raise TypeError(
+            f"bimt derives specs for nn.Sequential only, got {type(module).__name__}; "
+            "write a PermutationSpec for it and call bimt.attach(module, spec)"
+        )
     spec = sequential_spec(module, layout, freeze_inputs, freeze_outputs)
-    settings = dict(A=A, y_star=y_star, p=p, bias=bias, reduction=reduction)
-    ConnectionCost(spec, **settings)  # refuse bad settings before the module is touched
+    ConnectionCost(spec, settings, **cost_settings)  # refuse bad settings before the module is touched
     first = next(m for m in module if isinstance(m, nn.Linear))
     last = [m for m in module if isinstance(m, nn.Linear)][-1]
     device = first.weight.device
+    old = getattr(module, "bimt", None)
     if not hasattr(module, INPUT_ORDER):
         module.register_buffer(INPUT_ORDER, torch.arange(first.in_features, device=device))
         module.register_buffer(OUTPUT_ORDER, torch.arange(last.out_features, device=device))
-        module.register_forward_pre_hook(_order_inputs)
-        module.register_forward_hook(_order_outputs)
+        hooks = (module.register_forward_pre_hook(_order_inputs).id,
+                 module.register_forward_hook(_order_outputs).id)
     else:
         sizes = (getattr(module, INPUT_ORDER).numel(), getattr(module, OUTPUT_ORDER).numel())
         if sizes != (first.in_features, last.out_features):
@@ -188,7 +345,11 @@ def attach(
                 f"but now has {first.in_features} inputs and {last.out_features} outputs; "
                 "attach a fresh module after changing its interface"
             )
-    return Wiring(module, spec, **settings)
+        hooks = old._hooks if isinstance(old, Wiring) else ()
+    wiring = Wiring(module, spec, settings, **labels, **cost_settings)
+    wiring._hooks = hooks
+    module.bimt = wiring
+    return wiring
 
 
 def _order_inputs(module, args):

@@ -1,8 +1,11 @@
 """Pictures of spatially embedded networks: connectivity graphs, decision boundaries, GIFs.
 
+* :func:`plot` - any model in its wiring's view (what ``model.plot()`` calls);
 * :func:`plot_graph` - the paper's 2D connectivity graph of a BioMLP (or attached Sequential);
 * :func:`plot_graph_3d` - the 3D graph for grid / ring layers (MNIST);
 * :func:`plot_decision_boundary` - class regions of a 2-input classifier;
+* :func:`plot_pruning_frontier`, :func:`plot_embedding_pairs`, :func:`plot_embedding_heatmap`,
+  :func:`plot_residual_vs_weight` - the pictures of :mod:`bimt.analysis`;
 * :func:`save_figure` - atomic PNG / SVG / ... writing;
 * :class:`GraphRecorder` and :func:`write_animation` - the graph evolving during training.
 
@@ -12,8 +15,13 @@ The drawing conventions (blue/red by sign, width ``|w| / max|w|`` of the layer) 
 
 
 from ._io import atomic_write, close_figure, save_figure
+from .analysis import (
+    plot_embedding_heatmap, plot_embedding_pairs, plot_pruning_frontier, plot_residual_vs_weight,
+)
 from .animation import GraphRecorder, Snapshot, render_frames, snapshot, write_animation
-from .graph import LayeredView, layered_view, plot_decision_boundary, plot_graph, plot_graph_3d
+from .graph import (
+    LayeredView, layered_view, plot, plot_decision_boundary, plot_graph, plot_graph_3d, plot_spec_graph,
+)
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, normalized_weights,
     weight_collection, weight_colors, weight_linewidths,
@@ -21,9 +29,10 @@ from .style import (
 
 
 __all__ = [
-    "plot_graph", "plot_graph_3d", "plot_decision_boundary", "save_figure", "GraphRecorder",
+    "plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary", "save_figure", "GraphRecorder",
     "write_animation", "Snapshot", "snapshot", "render_frames", "atomic_write", "close_figure",
-    "LayeredView", "layered_view",
+    "LayeredView", "layered_view", "plot_pruning_frontier", "plot_embedding_pairs",
+    "plot_embedding_heatmap", "plot_residual_vs_weight",
     "POSITIVE_COLOR", "NEGATIVE_COLOR", "NEURON_COLOR", "MAX_LINEWIDTH", "normalized_weights",
     "weight_colors", "weight_linewidths", "weight_collection", "keep_mask",
 ]

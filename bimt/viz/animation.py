@@ -27,7 +27,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._io import atomic_write, close_figure
-from .graph import _graph_figsize, layered_view, plot_decision_boundary, plot_graph, plot_graph_3d
+from .._checks import one_of, positive_int
+from ..models.wiring import wiring_of
+from .graph import _graph_figsize, layered_view, plot, plot_decision_boundary, plot_graph, plot_graph_3d
 
 __all__ = ["Snapshot", "snapshot", "GraphRecorder", "write_animation", "render_frames"]
 
@@ -57,8 +59,7 @@ class GraphRecorder:
     """
 
     def __init__(self, model, every: int = 200, max_snapshots: int = 100):
-        if isinstance(every, bool) or int(every) != every or every < 1:
-            raise ValueError(f"every must be a positive integer, got {every!r}")
+        positive_int(every, "every")
         if isinstance(max_snapshots, bool) or int(max_snapshots) != max_snapshots or max_snapshots < 2:
             raise ValueError(f"max_snapshots must be an integer >= 2, got {max_snapshots!r}")
         self.model = model
@@ -151,14 +152,11 @@ def _even_subset(items: list, k: int | None) -> list:
 
 
 def _frame_kind(model, kind: str) -> str:
-    if kind not in ("auto", "2d", "3d", "own"):
-        raise ValueError(f"kind must be 'auto', '2d', '3d' or 'own', got {kind!r}")
+    one_of(kind, ("auto", "2d", "3d", "own"), "kind")
     if kind != "auto":
         return kind
-    if hasattr(model, "residual_stream"):  # a transformer draws itself (Fig. 7 layout)
-        return "own"
-    view = layered_view(model)
-    return "3d" if any(c.shape[1] >= 2 for c in view.coords) else "2d"
+    view = wiring_of(model).view
+    return {"layered": "2d", "layered3d": "3d"}.get(view, "own")  # others: the wiring's own view
 
 
 def render_frames(
@@ -207,7 +205,7 @@ def render_frames(
             else:
                 ax_graph = fig.add_subplot(1, 1, 1, projection=projection)
             if kind == "own":
-                work.plot(ax=ax_graph, title=label, **plot_kwargs)
+                plot(work, ax=ax_graph, title=label, **plot_kwargs)
             elif kind == "3d":
                 plot_graph_3d(work, ax=ax_graph, title=label, **plot_kwargs)
             else:

@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from ..spec import tensor
+from ..models.wiring import has_wiring, wiring_of
+from ..spec import fold_sum, tensor
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, weight_collection,
 )
 
-__all__ = ["plot_graph", "plot_graph_3d", "plot_decision_boundary", "LayeredView", "layered_view"]
+__all__ = ["plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary",
+           "LayeredView", "layered_view"]
 
 #: Above this many weights in total, ``plot_graph`` skips weights below 1e-3 of their layer's
 #: max (they are far thinner than a pixel anyway) unless ``min_fraction`` says otherwise.
@@ -68,21 +70,6 @@ class LayeredView:
         return [c.shape[0] for c in self.coords]
 
 
-def _module_and_spec(model):
-    """(module, spec) of a BioMLP, a :class:`bimt.Wiring`, or any module with ``.spec``."""
-    if hasattr(model, "module") and hasattr(model, "spec") and hasattr(model, "connection_cost"):
-        return model.module, model.spec  # a Wiring
-    if hasattr(model, "spec"):
-        return model, model.spec
-    wiring = getattr(model, "wiring", None)
-    if wiring is not None and hasattr(wiring, "spec"):
-        return model, wiring.spec
-    raise TypeError(
-        f"cannot draw a {type(model).__name__}: pass a BioMLP, the Wiring returned by "
-        "bimt.attach(...), or a module with a .spec (PermutationSpec)"
-    )
-
-
 def _numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
@@ -93,7 +80,8 @@ def layered_view(model) -> LayeredView:
     Works for a BioMLP, the Wiring of an attached ``nn.Sequential``, or any module with a
     spec whose charged weights form one chain ``layer0 -> layer1 -> ...``.
     """
-    module, spec = _module_and_spec(model)
+    wiring = wiring_of(model)
+    module, spec = wiring.module, wiring.spec
     weights = spec.weights()
     if not weights:
         raise ValueError("the model's spec charges no weight matrix, so there is no graph to draw")
@@ -130,24 +118,95 @@ def layered_view(model) -> LayeredView:
                 raise ValueError(f"group {names[g]!r} is used with different folds")
             folds[g] = f
 
-    def order(which: str, group: str):
-        for name, axes in spec.axes.items():
-            if tuple(axes) == (group,) and name.endswith(f"{which}_order"):
-                return tensor(module, name).detach().cpu().numpy().astype(np.int64)
-        return None
+    def order(group: str):
+        t = wiring.order(group)
+        return None if t is None else t.detach().cpu().numpy().astype(np.int64)
 
-    tokens = getattr(module, "embedding", None) is not None
+    tokens = any(k == "embedding" and names[0] in spec.axes[n] for n, k in spec.charges.items())
     return LayeredView(
         names=names,
         coords=coords,
         folds=folds,
         weights=mats,
-        input_order=None if tokens else order("input", names[0]),
-        output_order=order("output", names[-1]),
-        input_labels=getattr(module, "input_labels", None),
-        output_labels=getattr(module, "output_labels", None),
+        input_order=None if tokens else order(names[0]),
+        output_order=order(names[-1]),
+        input_labels=wiring.input_labels,
+        output_labels=wiring.output_labels,
         tokens=tokens,
     )
+
+
+def plot(model, ax=None, **kw) -> Figure:
+    """Draw a model in its wiring's view (``layered``, ``layered3d``, ``transformer``, ``graph``);
+    returns the Figure. What ``model.plot()`` and ``wiring.plot()`` call."""
+    wiring = wiring_of(model)
+    if wiring.view == "transformer":
+        from .transformer import plot_transformer_graph
+
+        return plot_transformer_graph(wiring, ax=ax, **kw)
+    draw = {"layered": plot_graph, "layered3d": plot_graph_3d, "graph": plot_spec_graph}[wiring.view]
+    return draw(wiring, ax=ax, **kw)
+
+
+def _depths(spec) -> dict[str, int]:
+    """Each group's depth: the longest chain of weights leading to it (groups no weight
+    touches sit at depth 0)."""
+    depth = {g: 0 for g in spec.groups}
+    edges = [spec.axes[n] for n in spec.weights()]
+    for _ in range(len(spec.groups)):
+        changed = False
+        for out_g, in_g in edges:
+            if depth[out_g] < depth[in_g] + 1:
+                depth[out_g] = depth[in_g] + 1
+                changed = True
+        if not changed:
+            return depth
+    raise ValueError("the spec's weights form a cycle; plot_spec_graph draws acyclic networks")
+
+
+def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: float = MAX_LINEWIDTH,
+                    show_labels: bool = True, figsize=None, dpi: float = 100) -> Figure:
+    """Any spec as a graph: groups stacked by depth (inputs at the bottom), groups of equal
+    depth side by side, neurons at their slots, every charged weight a line (folds summed)
+    coloured by sign and as wide as ``|w| / max|w|`` of its tensor. Returns the Figure."""
+    wiring = wiring_of(model)
+    module, spec = wiring.module, wiring.spec
+    depth = _depths(spec)
+    rows: dict[int, list[str]] = {}
+    for g in spec.groups:
+        rows.setdefault(depth[g], []).append(g)
+    x, y = {}, {}
+    for d, groups in rows.items():
+        for k, g in enumerate(groups):
+            width = 1.0 / len(groups)
+            x[g] = k * width + width * (0.08 + 0.84 * _x_positions(spec.groups[g].coords))
+            y[g] = float(d)
+    if figsize is None:
+        figsize = (float(np.clip(1.5 + 0.2 * sum(spec.groups[g].size for g in max(rows.values(), key=len)), 4, 14)),
+                   float(np.clip(1.6 + 1.0 * max(rows), 3, 11)))
+    fig = _figure(ax, figsize, dpi)
+    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    for i, name in enumerate(spec.weights()):
+        out_g, in_g = spec.axes[name]
+        n_out, n_in = spec.groups[out_g].size, spec.groups[in_g].size
+        W = _numpy(fold_sum(fold_sum(tensor(module, name).detach(), n_out, 0), n_in, 1))
+        o, k = np.divmod(np.arange(W.size), W.shape[1])
+        seg = np.stack([np.stack([x[in_g][k], np.full(len(k), y[in_g])], 1),
+                        np.stack([x[out_g][o], np.full(len(o), y[out_g])], 1)], 1)
+        ax.add_collection(weight_collection(seg, W.reshape(-1), max_linewidth, float(np.abs(W).max()),
+                                            zorder=1, gid=f"weights-{i}"))
+    for g in spec.groups:
+        ax.scatter(x[g], np.full(len(x[g]), y[g]), s=float(np.clip(600.0 / spec.groups[g].size, 4, 25)),
+                   c=NEURON_COLOR, zorder=3, linewidths=0, gid=f"neurons-{g}")
+        if show_labels:
+            ax.text(float(x[g].mean()), y[g] - 0.18, g, ha="center", va="top", fontsize=8,
+                    gid="group-label")
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_ylim(-0.6, max(rows) + 0.5)
+    ax.set_axis_off()
+    if title is not None:
+        ax.set_title(title)
+    return fig
 
 
 def _slot_labels(labels, order, n: int, default: str, what: str) -> list[str]:
@@ -195,7 +254,7 @@ def plot_graph(
 
     Parameters
     ----------
-    model : a BioMLP, the Wiring of ``bimt.attach(...)``, or a module with a layered ``.spec``.
+    model : anything :func:`bimt.wiring_of` accepts whose weights form one chain of groups.
     ax : draw into these axes (their figure is returned); default: a new figure.
     input_labels, output_labels : names of the inputs / outputs in *interface* order (default:
         the model's ``input_labels`` / ``output_labels``, else ``x1..xn`` / ``y1..ym``). Each
@@ -482,9 +541,8 @@ def plot_decision_boundary(
     param = next(iter(model.parameters()), None)
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
     device = param.device if param is not None else "cpu"
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
+    was_training = model.training
+    model.eval()
     try:
         out = model(torch.as_tensor(grid, dtype=dtype, device=device))
     finally:
@@ -503,7 +561,8 @@ def plot_decision_boundary(
               cmap=ListedColormap(colors), vmin=-0.5, vmax=n_classes - 0.5, alpha=region_alpha,
               interpolation="nearest", aspect="auto", gid="regions")
     if y is not None:
-        names = class_names or getattr(model, "output_labels", None) or [f"class {c}" for c in range(n_classes)]
+        labels = wiring_of(model).output_labels if has_wiring(model) else None
+        names = class_names or labels or [f"class {c}" for c in range(n_classes)]
         for c in np.unique(y):
             m = y == c
             ax.scatter(X[m, 0], X[m, 1], s=point_size, color=colors[c % len(colors)],

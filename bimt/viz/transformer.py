@@ -22,6 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..models.wiring import wiring_of
+from ..spec import tensor
 from .style import MAX_LINEWIDTH, NEURON_COLOR, weight_collection
 
 __all__ = ["plot_transformer_graph"]
@@ -30,9 +32,9 @@ QKV_COLORS = ("tab:green", "tab:orange", "tab:purple")
 QKV_OFFSET = 0.16  # vertical offset between the Q, K and V rows, in row units
 
 
-def _x(model, group: str) -> np.ndarray:
+def _x(spec, group: str) -> np.ndarray:
     """Horizontal positions of a group's slots: its coordinates when they lie on a line."""
-    g = model.spec.groups[group]
+    g = spec.groups[group]
     if g.coords.shape[1] == 1:
         return g.coords[:, 0]
     return (np.arange(g.size) + 0.5) / g.size
@@ -67,7 +69,7 @@ def plot_transformer_graph(
 
     Parameters
     ----------
-    model : a :class:`~bimt.models.transformer.BioTransformer`.
+    model : a :class:`~bimt.models.transformer.BioTransformer` (or its wiring).
     block : index of the one block to show (``-1``: the last, as the paper), or ``None`` for
         every block.
     ax : a matplotlib Axes to draw on (default: a new Figure, no pyplot needed).
@@ -78,7 +80,9 @@ def plot_transformer_graph(
 
     Returns the Figure.
     """
-    n = model.n_blocks
+    wiring = wiring_of(model)
+    spec, module = wiring.spec, wiring.module
+    n = sum(g.startswith("attn") for g in spec.groups)
     if block is None:
         shown = list(range(n))
     else:
@@ -93,14 +97,14 @@ def plot_transformer_graph(
     else:
         fig = ax.figure
     if input_labels is None:
-        input_labels = model.input_labels
+        input_labels = wiring.input_labels
     if output_labels is None:
-        output_labels = model.output_labels
+        output_labels = wiring.output_labels
 
-    def W(linear):
-        return linear.weight.detach().to("cpu").float().numpy()
+    def W(name):
+        return tensor(module, f"{name}.weight").detach().to("cpu").float().numpy()
 
-    x_in, x_res, x_out = _x(model, "input"), _x(model, "resid"), _x(model, "output")
+    x_in, x_res, x_out = _x(spec, "input"), _x(spec, "resid"), _x(spec, "output")
     rows: list[tuple[float, str]] = []
     y = 0.0
     rows.append((y, "input"))
@@ -109,50 +113,51 @@ def plot_transformer_graph(
     first = shown[0]
     rows.append((y, "Embed" if first == 0 else f"Res{2 * first}"))
     ax.scatter(x_res, np.full_like(x_res, y), s=neuron_size, c=NEURON_COLOR, zorder=3)
-    _edges(ax, W(model.embed), x_res, y, x_in, 0.0, linewidth)
+    _edges(ax, W("embed"), x_res, y, x_in, 0.0, linewidth)
 
     for b in shown:
-        blk = model.blocks[b]
-        x_att, x_mlp = _x(model, f"attn{b}"), _x(model, f"mlp{b}")
-        d = model.d_model
+        blk = f"blocks.{b}"
+        x_att, x_mlp = _x(spec, f"attn{b}"), _x(spec, f"mlp{b}")
+        d = spec.groups["resid"].size
+        n_heads = spec.groups[f"attn{b}"].heads
         # attention: Q, K, V rows share positions, offset vertically
         y_att = y_prev + 1.0
         y_qkv = y_att + QKV_OFFSET * np.array([-1.0, 0.0, 1.0])
         y_rows = np.repeat(y_qkv, d)  # neuron f * d + j at slot j, row f
-        _edges(ax, W(blk.attn.qkv), np.tile(x_att, 3), y_rows, x_res, y_prev, linewidth)
+        _edges(ax, W(f"{blk}.attn.qkv"), np.tile(x_att, 3), y_rows, x_res, y_prev, linewidth)
         for f, name in enumerate("QKV"):
             ax.scatter(x_att, np.full_like(x_att, y_qkv[f]), s=neuron_size, c=QKV_COLORS[f],
                        zorder=3, label=name if b == shown[0] else None)
-        hs = d // model.n_heads
-        for h in range(1, model.n_heads):  # head boundaries
+        hs = d // n_heads
+        for h in range(1, n_heads):  # head boundaries
             xb = 0.5 * (x_att[h * hs - 1] + x_att[h * hs])
             ax.plot([xb, xb], [y_qkv[0] - 0.1, y_qkv[2] + 0.1], color="0.6", lw=0.8, ls="--",
                     zorder=2)
         rows.append((y_att, f"Atn{b}"))
         # output projection reads the V neurons
         y_res1 = y_att + 1.0
-        _edges(ax, W(blk.attn.proj), x_res, y_res1, x_att, y_qkv[2], linewidth)
+        _edges(ax, W(f"{blk}.attn.proj"), x_res, y_res1, x_att, y_qkv[2], linewidth)
         ax.scatter(x_res, np.full_like(x_res, y_res1), s=neuron_size, c=NEURON_COLOR, zorder=3)
         rows.append((y_res1, f"Res{2 * b + 1}"))
         # MLP
         y_mlp = y_res1 + 1.0
-        _edges(ax, W(blk.mlp.fc1), x_mlp, y_mlp, x_res, y_res1, linewidth)
+        _edges(ax, W(f"{blk}.mlp.fc1"), x_mlp, y_mlp, x_res, y_res1, linewidth)
         ax.scatter(x_mlp, np.full_like(x_mlp, y_mlp), s=neuron_size * 0.5, c=NEURON_COLOR,
                    zorder=3)
         rows.append((y_mlp, f"MLP{b}"))
         y_res2 = y_mlp + 1.0
-        _edges(ax, W(blk.mlp.fc2), x_res, y_res2, x_mlp, y_mlp, linewidth)
+        _edges(ax, W(f"{blk}.mlp.fc2"), x_res, y_res2, x_mlp, y_mlp, linewidth)
         ax.scatter(x_res, np.full_like(x_res, y_res2), s=neuron_size, c=NEURON_COLOR, zorder=3)
         rows.append((y_res2, f"Res{2 * b + 2}"))
         y_prev = y_res2
 
     y_o = y_prev + 1.0
-    _edges(ax, W(model.unembed), x_out, y_o, x_res, y_prev, linewidth)
+    _edges(ax, W("unembed"), x_out, y_o, x_res, y_prev, linewidth)
     ax.scatter(x_out, np.full_like(x_out, y_o), s=neuron_size * 2, c=NEURON_COLOR, zorder=3)
     rows.append((y_o, "output"))
 
-    in_order = model.input_order.detach().cpu().numpy()
-    out_order = model.output_order.detach().cpu().numpy()
+    in_order = wiring.order("input").detach().cpu().numpy()
+    out_order = wiring.order("output").detach().cpu().numpy()
     if input_labels is not None:
         for s, feat in enumerate(in_order):
             ax.text(x_in[s], -0.15, str(input_labels[feat]), ha="center", va="top", fontsize=9)

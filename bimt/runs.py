@@ -1,0 +1,321 @@
+"""Run directories: the one home of what a run leaves on disk and how it is read back.
+
+A run directory holds ``config.json`` (the config as given), ``checkpoint.pt`` (written
+atomically; read with ``weights_only=True``, so loading never executes code from the file),
+``history.csv``, ``metrics.json`` (written last: it marks the run complete) and the figures.
+A run of a user's own module (``bimt.fit(model=...)``) also stores the module's spec, cost
+settings and view in the checkpoint, so :func:`load_model` can rebuild its wiring around the
+saved weights without the module's code (enough to draw and analyse the graph), or load the
+weights into a fresh instance you pass.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .config import TrainConfig
+from .cost import CostSettings
+from .fileio import atomic_write_bytes, write_json
+from .models.wiring import Wiring, attach, has_wiring, wiring_of
+from .spec import Group, PermutationSpec
+from .tasks import get_task
+
+__all__ = [
+    "save_checkpoint", "load_checkpoint", "load_model", "write_history_csv", "write_metrics",
+    "write_plots", "spec_to_dict", "spec_from_dict", "WeightsOnly", "MODULE_TASK", "targets",
+    "analyze_run", "run_evaluator",
+]
+
+#: The ``task`` of a run that trained a user's module (``bimt.fit(model=...)``).
+MODULE_TASK = "module"
+FORMAT = "bimt-checkpoint-1"
+
+
+# -- checkpoint ----------------------------------------------------------------------------
+def save_checkpoint(path, model, optimizer, step, history, config, wall_s, snapshots=(),
+                    extra: dict | None = None) -> None:
+    state = {
+        "format": FORMAT, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "step": step, "history": history,
+        "config": config, "wall_s": wall_s, "rng": {"torch": torch.get_rng_state()},
+        "snapshots": list(snapshots), **(extra or {}),
+    }
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint without executing anything from it (``weights_only=True``)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}; nothing to resume")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable bimt checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a bimt checkpoint (missing format marker)")
+    return state
+
+
+def wiring_record(wiring: Wiring) -> dict:
+    """What a checkpoint keeps of a user module's wiring (plain data: no code)."""
+    return {"spec": spec_to_dict(wiring.spec), "settings": wiring.settings.to_dict(),
+            "view": wiring.view, "input_labels": wiring.input_labels,
+            "output_labels": wiring.output_labels}
+
+
+# -- specs as plain data ---------------------------------------------------------------------
+def spec_to_dict(spec: PermutationSpec) -> dict:
+    return {
+        "groups": [{"name": g.name, "coords": g.coords.tolist(), "heads": g.heads,
+                    "frozen": g.frozen, "labels": g.labels} for g in spec.groups.values()],
+        "axes": {n: list(a) for n, a in spec.axes.items()},
+        "charges": dict(spec.charges),
+        "free": list(spec.free),
+    }
+
+
+def spec_from_dict(d: dict) -> PermutationSpec:
+    groups = [Group(g["name"], np.asarray(g["coords"], dtype=np.float64), heads=g["heads"],
+                    frozen=g["frozen"], labels=g["labels"]) for g in d["groups"]]
+    return PermutationSpec(groups, d["axes"], d["charges"], free=tuple(d.get("free", ())))
+
+
+class WeightsOnly(nn.Module):
+    """A module holding saved tensors under their dotted names, with no forward: what a run of a
+    user's module reloads to without that module's code (graphs, modularity, pictures)."""
+
+    def __init__(self, state: dict[str, torch.Tensor]):
+        super().__init__()
+        for name, value in state.items():
+            *path, leaf = name.split(".")
+            owner = self
+            for part in path:
+                if part not in owner._modules:
+                    owner.add_module(part, nn.Module())
+                owner = owner._modules[part]
+            if value.is_floating_point():
+                owner.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+            else:
+                owner.register_buffer(leaf, value.clone())
+
+    def forward(self, *args, **kwargs):
+        raise TypeError(
+            "this run trained your own module, whose code a run directory does not keep: "
+            "pass a fresh instance, bimt.load_model(run_dir, model=MyModule(...)), to run it"
+        )
+
+
+# -- loading -------------------------------------------------------------------------------
+def load_model(run_dir: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
+    """The trained model of a run directory, with its resolved config.
+
+    A run of a built-in task (or a registered one) rebuilds its model. A run of your own module
+    loads into ``model`` (a fresh instance of its class; it gets the run's wiring if it has
+    none), or, without one, into a :class:`WeightsOnly` module carrying the run's wiring.
+    """
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    config = TrainConfig.from_dict(state["config"])
+    if config.task == MODULE_TASK:
+        record = state.get("wiring")
+        if record is None:
+            raise ValueError(f"{run_dir} trained a module but its checkpoint keeps no wiring")
+        settings = CostSettings(**record["settings"])
+        spec = spec_from_dict(record["spec"])
+        labels = dict(view=record["view"], input_labels=record["input_labels"],
+                      output_labels=record["output_labels"])
+        if model is None:
+            model = WeightsOnly(state["model"])
+            model.bimt = Wiring(model, spec, settings, check=False, **labels)
+        else:
+            model.load_state_dict(state["model"])
+            if not has_wiring(model):
+                attach(model, spec, settings, **labels)
+        cfg = dataclasses.replace(config, **{k: v for k, v in settings.to_dict().items()
+                                             if k in ("A", "y_star", "p", "reduction", "distance_free")})
+        cfg = _resolved_module_config(cfg)
+        model.eval()
+        return model, cfg
+    task = get_task(config.task)
+    cfg = config.resolved(task)
+    if model is None:
+        model = task.make_model(dataclasses.asdict(cfg)).to(getattr(torch, cfg.dtype))
+    model.load_state_dict(state["model"])
+    wiring = wiring_of(model)
+    if wiring.input_labels is None or wiring.output_labels is None:
+        data = task.make_data(cfg.seed, cfg.data_dir)
+        wiring.input_labels = wiring.input_labels or data.input_labels
+        wiring.output_labels = wiring.output_labels or data.output_labels
+    model.eval()
+    return model, cfg
+
+
+def _resolved_module_config(config: TrainConfig) -> TrainConfig:
+    from .tasks import Task
+
+    placeholder = Task(MODULE_TASK, "a user's module", "regression", lambda *a: None, lambda c: None)
+    return config.resolved(placeholder)
+
+
+# -- files ---------------------------------------------------------------------------------
+def write_history_csv(path, history: list[dict]) -> None:
+    if not history:
+        return
+    keys = list(history[0])
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def write_metrics(run_dir, metrics: dict) -> None:
+    """``metrics.json``, written last: its presence marks the run complete."""
+    write_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def read_metrics(run_dir) -> dict | None:
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def write_plots(result) -> None:
+    """graph.png/svg (in the model's view), decision_boundary.png, evolution.gif."""
+    from . import viz
+
+    run_dir, model = result.run_dir, result.model
+    viz.save_figure(viz.plot(model), run_dir / "graph", formats=("png", "svg"))
+    d = result.data
+    if d is None or isinstance(model, WeightsOnly):
+        return
+    two_input_classifier = (
+        d.X_train.ndim == 2 and d.X_train.shape[1] == 2 and d.X_train.is_floating_point()
+        and not d.y_train.is_floating_point()
+    )
+    if two_input_classifier:
+        fig = viz.plot_decision_boundary(model, d.X_test, d.y_test)
+        viz.save_figure(fig, run_dir / "decision_boundary", formats=("png",))
+    if result.config.animate and result.snapshots:
+        boundary = (d.X_test, d.y_test) if two_input_classifier else None
+        viz.write_animation(model, result.snapshots, run_dir / "evolution.gif",
+                            decision_boundary_data=boundary)
+
+
+def targets(y: torch.Tensor, loss: str, model: nn.Module, n_out: int | None = None) -> torch.Tensor:
+    """What the loss compares outputs with: integer classes one-hot under MSE (``n_out`` wide)."""
+    if loss == "mse" and not y.is_floating_point():
+        n = n_out or int(y.max()) + 1
+        return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
+    return y
+
+
+# -- a run directory, analysed (``bimt analyze``) ---------------------------------------------
+def run_evaluator(run_dir, model: nn.Module | None = None):
+    """``(model, config, evaluate, accuracy)`` for a run: ``evaluate(module)`` is the test loss,
+    ``accuracy`` the test accuracy of a classifier (else ``None``). A run of your own module
+    keeps no data, so both are ``None`` there."""
+    model, cfg = load_model(run_dir, model)
+    if cfg.task == MODULE_TASK:
+        return model, cfg, None, None
+    task = get_task(cfg.task)
+    data = task.make_data(cfg.seed, cfg.data_dir)
+    loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
+    predict = task.predict or (lambda o: o)
+    target = targets(data.y_test, cfg.loss, model, _n_outputs(wiring_of(model)))
+
+    def evaluate(module) -> float:
+        return float(loss_fn(predict(module(data.X_test)), target))
+
+    def accuracy(module) -> float:
+        return float((predict(module(data.X_test)).argmax(-1) == data.y_test).float().mean())
+
+    return model, cfg, evaluate, (accuracy if task.kind == "classification" else None)
+
+
+def _n_outputs(wiring) -> int | None:
+    """How many outputs the module has (one-hot width of integer targets under MSE)."""
+    outs = [g for g, role in wiring.spec.interface().items() if role == "output"]
+    return sum(wiring.spec.groups[g].size for g in outs) or None
+
+
+def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool = True,
+                model: nn.Module | None = None, evaluate=None) -> dict:
+    """Modularity, modules and active neurons of a run, written to ``analysis.json`` / ``.md``.
+
+    ``prune`` adds ``pruning_frontier.png`` (+ csv); ``knockout`` adds ``knockout.md``, the
+    metric after knocking out each module found by ``find_modules`` or, when the network is
+    one component (modules that meet only at the output, Fig. 5), each of its ``tree_roots``.
+
+    A run of your own module is analysed from its saved spec and weights (graph, modules,
+    active neurons, cost; the test loss from ``metrics.json``); pruning and knock-outs run the
+    network, so they need ``model=`` (a fresh instance) and ``evaluate=`` (``module -> float``).
+    """
+    from . import viz
+    from .analysis import (
+        MODULE_THRESHOLD, find_modules, knockout_table, module_slots, pruning_frontier, summary,
+        tree_roots,
+    )
+    from .analysis.graph import _letters
+
+    run_dir = Path(run_dir)
+    model, cfg, run_evaluate, accuracy = run_evaluator(run_dir, model)
+    evaluate = evaluate or run_evaluate
+    if (prune or knockout) and evaluate is None:
+        raise ValueError(
+            f"{run_dir} trained your own module: pruning and knock-outs run it, so call "
+            "bimt.runs.analyze_run(run_dir, prune=..., model=<fresh instance>, "
+            "evaluate=<module -> test loss>)"
+        )
+    report = summary(model, evaluate)
+    if evaluate is not None:
+        report["test_loss"] = report.pop("metric")
+    else:
+        report["test_loss"] = (read_metrics(run_dir) or {}).get("test_loss")
+    report["modules"] = [module_slots(m) for m in find_modules(model)]
+    test_loss = "n/a" if report["test_loss"] is None else f"{report['test_loss']:.6g}"
+    lines = [f"# Analysis of {run_dir.name} ({cfg.task}, {cfg.method}, seed {cfg.seed})", "",
+             f"- modularity: {report['modularity']}",
+             f"- modules (threshold {MODULE_THRESHOLD} of each tensor's max |w|): {report['n_modules']}"
+             f" of sizes {report['module_sizes']}",
+             f"- active neurons per layer: {report['active_neurons']}",
+             f"- nonzero charged parameters: {report['n_nonzero']} of {report['n_params']}",
+             f"- test loss: {test_loss}"]
+    if prune:
+        frontier = pruning_frontier(model, evaluate)
+        report["pruning_frontier"] = [[int(n), float(l)] for n, l in frontier]
+        fig = viz.plot_pruning_frontier({f"{cfg.task} {cfg.method}": frontier})
+        viz.save_figure(fig, run_dir / "pruning_frontier", formats=("png",))
+        csv_text = "n_unpruned,test_loss\n" + "".join(f"{n},{l}\n" for n, l in frontier)
+        atomic_write_bytes(run_dir / "pruning_frontier.csv", csv_text.encode())
+        lines.append("- pruning frontier: pruning_frontier.png, pruning_frontier.csv")
+    if knockout:
+        modules = {_letters(i): m for i, m in enumerate(find_modules(model))}
+        if len(modules) < 2:  # parallel modules that meet only at the output (Fig. 5): its roots
+            roots = tree_roots(model)
+            if len(roots) >= 2:
+                modules = {r["name"]: r["neurons"] for r in roots}
+        metric = accuracy or evaluate
+        rows = knockout_table(model, modules, metric)
+        report["knockout"] = rows
+        name = "test accuracy" if accuracy else "test loss"
+        table = [f"| module | neurons | {name} |", "|---|---|---|"]
+        table += [f"| {r['module']} | {r['n_neurons']} | {r['metric']:.4g} |" for r in rows]
+        atomic_write_bytes(run_dir / "knockout.md", ("\n".join(table) + "\n").encode())
+        lines += ["", "## Knock-outs", "", *table]
+    write_json(run_dir / "analysis.json", report)
+    atomic_write_bytes(run_dir / "analysis.md", ("\n".join(lines) + "\n").encode())
+    if echo:
+        print("\n".join(lines))
+    return report

@@ -1,0 +1,156 @@
+"""The swap pass itself: the report, what a solver sees, the solver registry, and permuting
+every axis of a group (with the optimizer's state). See :mod:`bimt.swap`."""
+
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._checks import one_of, positive_int
+from ..cost import ConnectionCost
+from ..spec import PermutationSpec, tensor
+
+__all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
+           "register_solver", "swap_modes"]
+
+# A swap must lower the cost by more than this fraction of the group's largest placement cost;
+# it keeps float rounding from shuffling neurons whose placements cost the same.
+REL_TOL = 1e-12
+
+
+@dataclass
+class SwapReport:
+    """What one swap pass did.
+
+    ``swaps``: pairwise exchanges made by the greedy moves, plus, in exact mode, the neurons the
+    assignment relocated. ``moved``: per group, neurons not in their starting slot at the end.
+    ``permutations``: per group, new slot ``s`` holds the neuron that was at slot ``perm[s]``
+    (replay with :func:`apply_permutation`). Costs are totals in float64.
+    """
+
+    mode: str
+    swaps: int = 0
+    cost_before: float = 0.0
+    cost_after: float = 0.0
+    moved: dict[str, int] = field(default_factory=dict)
+    permutations: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.mode} swap pass: {self.swaps} swaps, cost {self.cost_before:.6g} -> "
+            f"{self.cost_after:.6g}"
+        )
+
+
+@dataclass
+class PassState:
+    """What a solver sees: the tensors (by name), the spec, the cost judging the moves, the
+    groups it may move (movable and of 2+ neurons, in order), ``top_k``, and :meth:`commit`."""
+
+    tensors: dict[str, torch.Tensor]
+    spec: PermutationSpec
+    cost: ConnectionCost
+    groups: list[str]
+    top_k: int | None
+    optimizer: object
+    report: SwapReport
+
+    def commit(self, group: str, pos: np.ndarray, swaps: int = 0) -> None:
+        """Move neuron ``j`` of ``group`` (now at slot ``j``) to slot ``pos[j]``; count ``swaps``."""
+        self.report.swaps += int(swaps)
+        _commit(self.tensors, self.spec, group, np.asarray(pos), self.optimizer, self.report)
+
+
+#: Swap modes by name: ``solver(state: PassState) -> None``.
+SOLVERS: dict[str, Callable[[PassState], None]] = {}
+
+
+def register_solver(name: str, solver: Callable[[PassState], None], replace: bool = False) -> None:
+    """Make ``solver`` available as ``swap_pass(..., mode=name)`` (and ``--swap-mode name``)."""
+    if name in SOLVERS and not replace:
+        raise ValueError(f"a swap solver named {name!r} exists; pass replace=True")
+    SOLVERS[name] = solver
+
+
+def swap_modes() -> tuple[str, ...]:
+    """The registered swap modes."""
+    return tuple(SOLVERS)
+
+
+def swap_pass(
+    module: nn.Module,
+    spec: PermutationSpec,
+    cost: ConnectionCost,
+    top_k: int | None = None,
+    mode: str = "greedy",
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
+    groups: Iterable[str] | None = None,
+) -> SwapReport:
+    """Run one swap pass over ``groups`` (default: every group that is not frozen), in order.
+
+    ``top_k`` is the number of important neurons per group that look for a partner (``None``:
+    all; groups smaller than ``top_k`` use all their neurons).
+    """
+    one_of(mode, SOLVERS, "swap mode")
+    positive_int(top_k, "top_k", allow_none=True)
+    names = spec.movable_groups() if groups is None else list(groups)
+    for g in names:
+        one_of(g, spec.groups, "group")
+    tensors = _tensors(module, spec)  # looked up once for the whole pass
+    report = SwapReport(mode=mode, cost_before=cost.total(tensors))
+    movable = [g for g in names if not spec.groups[g].frozen and spec.groups[g].size >= 2]
+    SOLVERS[mode](PassState(tensors, spec, cost, movable, top_k, optimizer, report))
+    report.cost_after = cost.total(tensors)
+    return report
+
+
+def _tensors(module, spec: PermutationSpec) -> dict[str, torch.Tensor]:
+    """Every tensor the spec names, by name (name lookups in a module are slow)."""
+    return {name: tensor(module, name) for name in {**spec.axes, **spec.charges}}
+
+
+def _commit(module, spec, group, pos, optimizer, report) -> None:
+    """Apply ``pos`` (neuron -> new slot) and fold it into the report's permutations."""
+    perm = np.empty_like(pos)
+    perm[pos] = np.arange(len(pos))  # new slot s holds the neuron from old slot perm[s]
+    if (perm == np.arange(len(perm))).all():
+        report.permutations.setdefault(group, perm)
+        return
+    apply_permutation(module, spec, group, perm, optimizer)
+    before = report.permutations.get(group, np.arange(len(perm)))
+    report.permutations[group] = before[perm]
+    report.moved[group] = int((report.permutations[group] != np.arange(len(perm))).sum())
+
+
+@torch.no_grad()
+def apply_permutation(
+    module: nn.Module,
+    spec: PermutationSpec,
+    group: str,
+    perm,
+    optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
+) -> None:
+    """Move the neuron at old slot ``perm[s]`` of ``group`` to slot ``s``, everywhere it appears."""
+    n = spec.groups[group].size
+    perm = torch.as_tensor(np.asarray(perm), dtype=torch.long)
+    if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):
+        raise ValueError(f"a permutation of group {group!r} must list 0..{n - 1} once each")
+    optimizers = [] if optimizer is None else (
+        [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(optimizer)
+    )
+    for name, dim in spec.axes_of(group):
+        t = tensor(module, name)
+        index = spec.slot_index(group, perm.to(t.device), t.shape[dim])
+        t.copy_(t.index_select(dim, index))
+        if isinstance(t, nn.Parameter):
+            if t.grad is not None:
+                t.grad.copy_(t.grad.index_select(dim, index))
+            for opt in optimizers:
+                for value in opt.state.get(t, {}).values():
+                    if torch.is_tensor(value) and value.shape == t.shape:
+                        value.copy_(value.index_select(dim, index.to(value.device)))

@@ -1,0 +1,49 @@
+"""The exact pass: the greedy moves, then every group relocated optimally by linear assignment
+on its placement matrix (nested assignment for heads), so it is never worse than greedy."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from .greedy import solve as greedy_solve
+from .core import REL_TOL, PassState
+
+__all__ = ["solve", "exact_positions"]
+
+
+def solve(state: PassState) -> None:
+    greedy_solve(state)
+    for g in state.groups:
+        C = state.cost.placement_matrix(state.tensors, g)
+        # a hair's preference for staying put, so neurons whose placements cost the same
+        # (dead ones, say) are not shuffled for nothing
+        C -= REL_TOL * max(float(np.abs(C).max()), 1.0) * np.eye(len(C))
+        pos = exact_positions(C, state.spec.groups[g].heads)
+        state.commit(g, pos, int((pos != np.arange(len(pos))).sum()))
+
+
+def exact_positions(C: np.ndarray, heads: int) -> np.ndarray:
+    """Best placement of one group by linear assignment (heads: nested assignment)."""
+    n = C.shape[0]
+    if heads == 1:
+        rows, cols = linear_sum_assignment(C)
+        pos = np.empty(n, dtype=int)
+        pos[rows] = cols
+        return pos
+    d = n // heads
+    # neurons are grouped by the head they occupy now; a head may land in any head's slots
+    occupant_heads = [np.arange(h * d, (h + 1) * d) for h in range(heads)]
+    block_cost = np.zeros((heads, heads))
+    inner = {}
+    for a in range(heads):
+        for b in range(heads):
+            sub = C[np.ix_(occupant_heads[a], np.arange(b * d, (b + 1) * d))]
+            r, c = linear_sum_assignment(sub)
+            block_cost[a, b] = sub[r, c].sum()
+            inner[a, b] = c[np.argsort(r)]
+    ra, rb = linear_sum_assignment(block_cost)
+    pos = np.empty(n, dtype=int)
+    for a, b in zip(ra, rb):
+        pos[occupant_heads[a]] = b * d + inner[a, b]
+    return pos
