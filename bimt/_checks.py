@@ -5,15 +5,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+import numpy as np
+
 
 def positive_int(value, name: str, *, allow_none: bool = False):
     """``value`` if it is an integer >= 1 (bools refused), else a ValueError naming ``name``."""
     if value is None and allow_none:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         extra = " (or None)" if allow_none else ""
         raise ValueError(f"{name} must be a positive integer{extra}, got {value!r}")
-    return value
+    return int(value)
 
 
 def nonnegative(value, name: str) -> float:

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ._checks import positive_int
+
 __all__ = ["line", "grid", "ring", "layout", "pairwise_distance", "LAYOUTS"]
 
 LAYOUTS = ("line", "grid", "ring")
@@ -21,7 +23,7 @@ LAYOUTS = ("line", "grid", "ring")
 
 def line(n: int) -> np.ndarray:
     """``n`` neurons evenly spread on [0, 1], at ``(j + 0.5) / n``; shape ``(n, 1)``."""
-    n = _positive_int(n, "line size")
+    n = positive_int(n, "line size")
     return ((np.arange(n) + 0.5) / n)[:, None]
 
 
@@ -32,9 +34,9 @@ def grid(n: int | tuple[int, int]) -> np.ndarray:
     are flattened.
     """
     if isinstance(n, (tuple, list)):
-        rows, cols = (_positive_int(v, "grid side") for v in n)
+        rows, cols = (positive_int(v, "grid side") for v in n)
     else:
-        n = _positive_int(n, "grid size")
+        n = positive_int(n, "grid size")
         side = math.isqrt(n)
         if side * side != n:
             raise ValueError(
@@ -49,7 +51,7 @@ def grid(n: int | tuple[int, int]) -> np.ndarray:
 
 def ring(n: int, radius: float = 0.25, center: Sequence[float] = (0.5, 0.5)) -> np.ndarray:
     """``n`` neurons on a circle (the MNIST output layer); shape ``(n, 2)``."""
-    n = _positive_int(n, "ring size")
+    n = positive_int(n, "ring size")
     if radius < 0:
         raise ValueError(f"ring radius must be >= 0, got {radius}")
     angles = 2 * np.pi * np.arange(n) / n
@@ -105,9 +107,3 @@ def _pad_to_same_dim(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarr
     d = max(a.shape[1], b.shape[1])
     pad = lambda c: np.concatenate([c, np.full((c.shape[0], d - c.shape[1]), 0.5)], 1)
     return pad(a), pad(b)
-
-
-def _positive_int(n, what: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"{what} must be a positive integer, got {n!r}")
-    return int(n)

@@ -220,9 +220,8 @@ def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> t
 
 def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
     """The seed-0 graphs of every method, side by side: ``OUT/figures/TASK.png``."""
-    from matplotlib.figure import Figure
-
     from . import viz
+    from .viz._io import Figure
     from .models import wiring_of
     from .runs import load_model
 

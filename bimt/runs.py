@@ -215,7 +215,7 @@ def write_plots(result) -> None:
 
 def targets(y: torch.Tensor, loss: str, model: nn.Module, n_out: int | None = None) -> torch.Tensor:
     """What the loss compares outputs with: integer classes one-hot under MSE (``n_out`` wide)."""
-    if loss == "mse" and not y.is_floating_point():
+    if y is not None and loss == "mse" and not y.is_floating_point():
         n = n_out or int(y.max()) + 1
         return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
     return y

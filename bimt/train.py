@@ -35,11 +35,12 @@ from torch import nn
 
 from .analysis.graph import modularity
 from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
-from .cost import ConnectionCost
+from .cost import ConnectionCost, CostSettings
 from .fileio import write_json
-from .models.wiring import wiring_of
+from .models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
-    MODULE_TASK, _n_outputs, load_checkpoint, load_model, save_checkpoint, targets, wiring_record,
+    MODULE_TASK, _n_outputs, load_checkpoint, load_model, save_checkpoint, spec_from_dict, targets,
+    wiring_record,
     write_history_csv, write_metrics, write_plots,
 )
 from .swap import swap_pass
@@ -126,6 +127,11 @@ def train(
     if config.loss == "custom" and loss_fn is None:
         raise ValueError("this run uses a loss function of yours: pass it again as loss=fn")
     if model is not None:
+        if checkpoint is not None and not has_wiring(model) and "wiring" in checkpoint:
+            record = checkpoint["wiring"]  # a fresh instance: the run's own wiring
+            attach(model, spec_from_dict(record["spec"]), CostSettings(**record["settings"]),
+                   view=record["view"], input_labels=record["input_labels"],
+                   output_labels=record["output_labels"])
         wiring = wiring_of(model)
         config = _with_settings_of(config, wiring)
         task = _module_task(model, data, config.loss)

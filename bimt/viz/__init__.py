@@ -14,7 +14,7 @@ The drawing conventions (blue/red by sign, width ``|w| / max|w|`` of the layer) 
 """
 
 
-from ._io import atomic_write, close_figure, save_figure
+from ._io import Figure, atomic_write, close_figure, save_figure
 from .analysis import (
     plot_embedding_heatmap, plot_embedding_pairs, plot_pruning_frontier, plot_residual_vs_weight,
 )
@@ -29,7 +29,7 @@ from .style import (
 
 
 __all__ = [
-    "plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary", "save_figure", "GraphRecorder",
+    "Figure", "plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary", "save_figure", "GraphRecorder",
     "write_animation", "Snapshot", "snapshot", "render_frames", "atomic_write", "close_figure",
     "LayeredView", "layered_view", "plot_pruning_frontier", "plot_embedding_pairs",
     "plot_embedding_heatmap", "plot_residual_vs_weight",

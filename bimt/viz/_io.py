@@ -1,10 +1,24 @@
-"""Atomic file writing: a temporary file in the target's directory, then ``os.replace``."""
+"""Figures and files: the one Figure class of bimt's pictures, and atomic writing (a temporary
+file in the target's directory, then ``os.replace``)."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+from matplotlib.figure import Figure as _MplFigure
+
 from ..fileio import atomic_write
+
+
+class Figure(_MplFigure):
+    """A matplotlib Figure built without pyplot (no global state, nothing to close) that
+    Jupyter shows inline as a cell's value, once, with or without ``%matplotlib inline``."""
+
+    def _repr_png_(self) -> bytes:
+        buf = io.BytesIO()
+        self.savefig(buf, format="png", bbox_inches="tight")
+        return buf.getvalue()
 
 
 #: Formats ``save_figure`` recognises in a path's suffix.

@@ -11,10 +11,10 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from ..analysis.graph import ACTIVE_THRESHOLD, MODULE_THRESHOLD, active_neurons, network, tree_roots
 from ..analysis.probes import embedding_group, embedding_matrix, embedding_name, residual_vs_weight
+from ._io import Figure
 
 __all__ = ["plot_pruning_frontier", "plot_embedding_pairs", "plot_embedding_heatmap",
            "plot_residual_vs_weight"]

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 
 from ..models.wiring import has_wiring, wiring_of
 from ..spec import fold_sum, tensor
+from ._io import Figure
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, weight_collection,
 )
@@ -167,7 +167,7 @@ def _depths(spec) -> dict[str, int]:
 def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: float = MAX_LINEWIDTH,
                     show_labels: bool = True, figsize=None, dpi: float = 100) -> Figure:
     """Any spec as a graph: groups stacked by depth (inputs at the bottom), groups of equal
-    depth side by side, neurons at their slots, every charged weight a line (folds summed)
+    depth at their own coordinates (side by side when those overlap), neurons at their slots, every charged weight a line (folds summed)
     coloured by sign and as wide as ``|w| / max|w|`` of its tensor. Returns the Figure."""
     wiring = wiring_of(model)
     module, spec = wiring.module, wiring.spec
@@ -177,9 +177,13 @@ def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: 
         rows.setdefault(depth[g], []).append(g)
     x, y = {}, {}
     for d, groups in rows.items():
+        spans = sorted((float(_x_positions(spec.groups[g].coords).min()),
+                        float(_x_positions(spec.groups[g].coords).max())) for g in groups)
+        apart = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))  # then draw them where they are
         for k, g in enumerate(groups):
+            xs = _x_positions(spec.groups[g].coords)
             width = 1.0 / len(groups)
-            x[g] = k * width + width * (0.08 + 0.84 * _x_positions(spec.groups[g].coords))
+            x[g] = xs if apart else k * width + width * (0.08 + 0.84 * xs)
             y[g] = float(d)
     if figsize is None:
         figsize = (float(np.clip(1.5 + 0.2 * sum(spec.groups[g].size for g in max(rows.values(), key=len)), 4, 14)),
@@ -199,10 +203,10 @@ def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: 
         ax.scatter(x[g], np.full(len(x[g]), y[g]), s=float(np.clip(600.0 / spec.groups[g].size, 4, 25)),
                    c=NEURON_COLOR, zorder=3, linewidths=0, gid=f"neurons-{g}")
         if show_labels:
-            ax.text(float(x[g].mean()), y[g] - 0.18, g, ha="center", va="top", fontsize=8,
+            ax.text(float(x[g].min()) - 0.02, y[g], g, ha="right", va="center", fontsize=8,
                     gid="group-label")
-    ax.set_xlim(-0.05, 1.05)
-    ax.set_ylim(-0.6, max(rows) + 0.5)
+    ax.set_xlim(min(float(v.min()) for v in x.values()) - 0.1, max(float(v.max()) for v in x.values()) + 0.05)
+    ax.set_ylim(-0.5, max(rows) + 0.5)
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)

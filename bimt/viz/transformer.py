@@ -20,10 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from ..models.wiring import wiring_of
 from ..spec import tensor
+from ._io import Figure
 from .style import MAX_LINEWIDTH, NEURON_COLOR, weight_collection
 
 __all__ = ["plot_transformer_graph"]
