@@ -11,7 +11,7 @@ from .._checks import positive_int
 from ..cost import CostSettings
 from ..geometry import layout as make_layout
 from ..spec import Group, PermutationSpec
-from .wiring import Wiring, _per_layer, restore_order
+from .wiring import Wiring, WiredModule, _per_layer, restore_order
 
 __all__ = ["BioMLP", "ACTIVATIONS", "make_activation"]
 
@@ -31,7 +31,7 @@ def make_activation(activation) -> nn.Module:
     )
 
 
-class BioMLP(nn.Module):
+class BioMLP(WiredModule):
     """A fully connected network whose neurons have positions.
 
     Parameters
@@ -135,28 +135,6 @@ class BioMLP(nn.Module):
         self.bimt = Wiring(self, self.spec, settings, input_labels=input_labels,
                            output_labels=output_labels, probes={"hidden": "hidden"})
 
-    owns_wiring = True
-
-    @property
-    def wiring(self) -> Wiring:
-        return self.bimt
-
-    @property
-    def input_labels(self):
-        return self.bimt.input_labels
-
-    @input_labels.setter
-    def input_labels(self, labels):
-        self.bimt.input_labels = None if labels is None else list(labels)
-
-    @property
-    def output_labels(self):
-        return self.bimt.output_labels
-
-    @output_labels.setter
-    def output_labels(self, labels):
-        self.bimt.output_labels = None if labels is None else list(labels)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return restore_order(self._layers(x)[-1], self.output_order)
 
@@ -178,19 +156,6 @@ class BioMLP(nn.Module):
             if keep:
                 layers.append(x)
         return layers if keep else [x]
-
-    # -- the wiring, at hand --------------------------------------------------------------
-    def cost(self) -> torch.Tensor:
-        """The connection cost (differentiable) under this model's settings."""
-        return self.wiring.cost()
-
-    def swap(self, top_k: int | None = None, mode: str = "greedy", optimizer=None, **kw):
-        """One swap pass; see :func:`bimt.swap_pass`."""
-        return self.wiring.swap(top_k, mode, optimizer, **kw)
-
-    def plot(self, ax=None, **kw):
-        """The connectivity graph (3D when a layer is a grid or ring); returns the Figure."""
-        return self.bimt.plot(ax=ax, **kw)
 
     def extra_repr(self) -> str:
         tokens = f", vocab={self.embedding.shape[0]}x{self.n_tokens}" if self.embedding is not None else ""

@@ -53,7 +53,7 @@ from ..cost import CostSettings
 from ..geometry import layout as make_layout
 from ..spec import Group, PermutationSpec
 from .mlp import make_activation
-from .wiring import Wiring, restore_order
+from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioTransformer", "CausalSelfAttention", "TransformerBlock"]
 
@@ -103,7 +103,7 @@ class TransformerBlock(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-class BioTransformer(nn.Module):
+class BioTransformer(WiredModule):
     """A causal transformer whose neurons have positions (the paper's Sec. 3.4 and App. F).
 
     Parameters
@@ -197,28 +197,6 @@ class BioTransformer(nn.Module):
                            input_labels=input_labels, output_labels=output_labels,
                            probes={"residual_stream": "residual_stream",
                                    "attention_patterns": "attention_patterns"})
-
-    owns_wiring = True
-
-    @property
-    def wiring(self) -> Wiring:
-        return self.bimt
-
-    @property
-    def input_labels(self):
-        return self.bimt.input_labels
-
-    @input_labels.setter
-    def input_labels(self, labels):
-        self.bimt.input_labels = None if labels is None else list(labels)
-
-    @property
-    def output_labels(self):
-        return self.bimt.output_labels
-
-    @output_labels.setter
-    def output_labels(self, labels):
-        self.bimt.output_labels = None if labels is None else list(labels)
 
     # -- the permutation spec ----------------------------------------------------------------
     def _build_spec(self, layout, bias, freeze_inputs, freeze_outputs) -> PermutationSpec:
@@ -333,19 +311,6 @@ class BioTransformer(nn.Module):
         stream = self.residual_stream(x)
         out = [blk.attn.scores(blk.ln1(stream[2 * b]))[0] for b, blk in enumerate(self.blocks)]
         return [a[0] for a in out] if single else out
-
-    # -- the wiring, at hand -------------------------------------------------------------
-    def cost(self) -> torch.Tensor:
-        """The connection cost (differentiable) under this model's settings."""
-        return self.wiring.cost()
-
-    def swap(self, top_k: int | None = None, mode: str = "greedy", optimizer=None, **kw):
-        """One swap pass over every group; see :func:`bimt.swap_pass`."""
-        return self.wiring.swap(top_k, mode, optimizer, **kw)
-
-    def plot(self, ax=None, **kw):
-        """The connectivity graph in the layout of the paper's Fig. 7; returns the Figure."""
-        return self.bimt.plot(ax=ax, **kw)
 
     def extra_repr(self) -> str:
         return (

@@ -166,12 +166,44 @@ class Wiring:
     @property
     def owned(self) -> bool:
         """Whether the module's class made this wiring itself (BioMLP, BioTransformer)."""
-        return getattr(type(self.module), "owns_wiring", False)
+        return isinstance(self.module, WiredModule)
 
     def __repr__(self) -> str:
         c = self.settings
         groups = ", ".join(f"{n}[{g.size}{'*' if g.frozen else ''}]" for n, g in self.spec.groups.items())
         return f"Wiring({type(self.module).__name__}: {groups}; A={c.A}, y*={c.y_star}, p={c.p:g})"
+
+
+def _label_property(which: str) -> property:
+    def get(self):
+        return getattr(self.bimt, which)
+
+    def set_(self, labels):
+        setattr(self.bimt, which, None if labels is None else list(labels))
+
+    return property(get, set_, doc=f"The wiring's {which} (names of the features, interface order).")
+
+
+class WiredModule(nn.Module):
+    """Base of the models that build their spec and attach themselves (BioMLP, BioTransformer):
+    the wiring at hand as methods, and its labels as attributes."""
+
+    owns_wiring = True
+    wiring = property(lambda self: self.bimt, doc="The model's :class:`Wiring` (``self.bimt``).")
+    input_labels = _label_property("input_labels")
+    output_labels = _label_property("output_labels")
+
+    def cost(self) -> torch.Tensor:
+        """The connection cost (differentiable) under this model's settings."""
+        return self.bimt.cost()
+
+    def swap(self, top_k: int | None = None, mode: str = "greedy", optimizer=None, **kw) -> SwapReport:
+        """One swap pass over every movable group; see :func:`bimt.swap_pass`."""
+        return self.bimt.swap(top_k, mode, optimizer, **kw)
+
+    def plot(self, ax=None, **kw):
+        """The connectivity graph in the model's view; returns the Figure."""
+        return self.bimt.plot(ax=ax, **kw)
 
 
 VIEWS = ("layered", "layered3d", "transformer", "graph")
