@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np

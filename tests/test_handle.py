@@ -339,3 +339,10 @@ def test_wiring_step_adds_the_cost_gradient_and_swaps_with_the_optimizer():
 def test_figures_show_inline_as_png():
     fig = bimt.BioMLP([2, 3, 1]).plot()
     assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_saved_configs_with_the_old_setting_name_still_load():
+    from bimt.config import TrainConfig
+
+    assert TrainConfig.from_dict({"last_distance_free": True}).distance_free == ["last"]
+    assert TrainConfig.from_dict({"last_distance_free": False}).distance_free == []

@@ -146,3 +146,18 @@ print("ok")
 def test_every_figure_is_built_without_pyplot():
     out = subprocess.run([sys.executable, "-c", DRAW_EVERYTHING], capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_public_names_resolve_and_the_readme_uses_real_ones():
+    import re
+
+    import bimt.analysis
+    import bimt.viz
+
+    for module in (bimt, bimt.analysis, bimt.viz, bimt.swap, bimt.models):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{module.__name__}.{name}"
+    readme = (ROOT.parent / "README.md").read_text()
+    for module, prefix in ((bimt, "bimt."), (bimt.viz, "bimt.viz."), (bimt.analysis, "analysis.")):
+        for name in set(re.findall(re.escape(prefix) + r"([A-Za-z_]\w*)\(", readme)):
+            assert name in module.__all__ or name in ("runs",), f"README uses {prefix}{name}"

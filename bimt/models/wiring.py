@@ -147,7 +147,8 @@ class Wiring:
         module's class and computes the same outputs. BioMLP and BioTransformer stay what they
         are (their orders are part of the class), with identity orders."""
         copy_ = copy.deepcopy(self.module)
-        wiring = copy_.bimt
+        wiring = wiring_of(copy_) if has_wiring(copy_) else Wiring(copy_, self.spec, self.settings,
+                                                                    check=False)
         with torch.no_grad():
             for g in self.spec.interface():
                 order = wiring.order(g)
@@ -155,11 +156,12 @@ class Wiring:
                     wiring.permute(g, torch.argsort(order).cpu().numpy())
         if self._hooks:
             for hook_id in self._hooks:
-                copy_._forward_pre_hooks.pop(hook_id, None)
-                copy_._forward_hooks.pop(hook_id, None)
+                for table in ("_forward_pre_hooks", "_forward_hooks", "_forward_pre_hooks_with_kwargs",
+                              "_forward_hooks_with_kwargs", "_forward_hooks_always_called"):
+                    vars(copy_).get(table, {}).pop(hook_id, None)
             for name in (INPUT_ORDER, OUTPUT_ORDER):
                 copy_._buffers.pop(name, None)
-        if not wiring.owned:
+        if not wiring.owned and has_wiring(copy_):
             del copy_.bimt
         return copy_
 
