@@ -3,8 +3,10 @@
 Neurons get positions, every connection costs its length times its strength, and neurons swap
 places to shorten the wiring, so trained networks come out sparse and modular.
 
-The core (geometry, spec, cost, swap, models) is imported here; ``bimt.train``,
-``bimt.tasks``, ``bimt.analysis`` and ``bimt.viz`` load on first use.
+The core (geometry, spec, cost, swap, models) is imported here; ``bimt.fit`` (``bimt.train``),
+``bimt.runs``, ``bimt.tasks``, ``bimt.analysis`` and ``bimt.viz`` load on first use. Any module
+gets its geometry with ``bimt.attach(module, spec)``, which keeps the handle on it
+(``module.bimt``); ``bimt.wiring_of(x)`` finds it.
 """
 
 import importlib

@@ -51,8 +51,8 @@ class Task:
     """A dataset, a model builder and the settings the paper used for them.
 
     ``make_data(seed, data_dir)`` returns :class:`Data`; ``make_model(config)`` returns a
-    model with a ``spec`` (a :class:`bimt.BioMLP`, say) built from the run's config (``widths``,
-    ``A``, ``y_star``, ...). ``defaults`` are :class:`bimt.train.TrainConfig` fields.
+    module with a wiring (a :class:`bimt.BioMLP`, say, or any module given one by
+    :func:`bimt.attach`) built from the run's config (``widths``, ``A``, ``y_star``, ...). ``defaults`` are :class:`bimt.train.TrainConfig` fields.
     ``predict(output)`` maps model outputs to what the loss compares with the targets.
     """
 

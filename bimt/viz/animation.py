@@ -180,7 +180,7 @@ def render_frames(
     from PIL import Image
 
     snaps = _even_subset(_as_snapshots(snapshots), max_frames)
-    work = copy.deepcopy(model).to("cpu")
+    work = copy.deepcopy(wiring_of(model).module).to("cpu")
     kind = _frame_kind(work, kind)
     plot_kwargs = dict(plot_kwargs or {})
     boundary_kwargs = dict(boundary_kwargs or {})
