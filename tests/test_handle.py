@@ -346,3 +346,14 @@ def test_saved_configs_with_the_old_setting_name_still_load():
 
     assert TrainConfig.from_dict({"last_distance_free": True}).distance_free == ["last"]
     assert TrainConfig.from_dict({"last_distance_free": False}).distance_free == []
+
+
+def test_fit_a_biomlp_as_a_module_and_draw_its_run_without_code(tmp_path):
+    torch.manual_seed(0)
+    m = bimt.BioMLP([4, 6, 2], A=2.0, y_star=0.5)
+    result = bimt.fit(model=m, out=tmp_path / "run", **{**FIT, "plots": True})
+    assert result.config.A == 2.0 and result.config.y_star == 0.5
+    weights, _ = load_model(tmp_path / "run")
+    assert weights.bimt.view == "layered"
+    assert bimt.analysis.modularity(weights) == pytest.approx(result.metrics["modularity"])
+    assert len(bimt.viz.plot(weights).axes) == 1

@@ -26,7 +26,7 @@ moments, momentum, ...) and any gradient, so training continues as if nothing ha
 from .core import (
     REL_TOL, SOLVERS, PassState, SwapReport, apply_permutation, register_solver, swap_modes, swap_pass,
 )
-from . import exact, greedy  # noqa: E402  (after core: the built-in solvers)
+from . import exact, greedy  # after core: the built-in solvers
 
 register_solver("greedy", greedy.solve)
 register_solver("exact", exact.solve)

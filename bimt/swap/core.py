@@ -1,7 +1,6 @@
 """The swap pass itself: the report, what a solver sees, the solver registry, and permuting
 every axis of a group (with the optimizer's state). See :mod:`bimt.swap`."""
 
-
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
