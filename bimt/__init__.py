@@ -3,25 +3,23 @@
 Neurons get positions, every connection costs its length times its strength, and neurons swap
 places to shorten the wiring, so trained networks come out sparse and modular.
 
-The core (geometry, spec, cost, swap, models) is imported here; ``bimt.fit`` (``bimt.train``),
-``bimt.runs``, ``bimt.tasks``, ``bimt.analysis`` and ``bimt.viz`` load on first use. Any module
-gets its geometry with ``bimt.attach(module, spec)``, which keeps the handle on it
-(``module.bimt``); ``bimt.wiring_of(x)`` finds it.
+Every name loads on first use (``bimt.BioMLP`` imports torch then), so ``import bimt`` and
+``bimt --help`` stay fast. Any module gets its geometry with ``bimt.attach(module, spec)``, which
+keeps the handle on it (``module.bimt``); ``bimt.wiring_of(x)`` finds it.
 """
 
 import importlib
 
-from . import geometry
-from .cost import ConnectionCost, CostSettings
-from .models import BioMLP, BioTransformer, Wiring, attach, wiring_of
-from .spec import Group, PermutationSpec
-from .swap import SOLVERS, SwapReport, apply_permutation, register_solver, swap_pass
-
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("analysis", "bench", "reproduce", "runs", "tasks", "train", "viz")
+_LAZY_MODULES = ("analysis", "bench", "geometry", "reproduce", "runs", "tasks", "train", "viz")
 _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
-               "task_from_function": "tasks", "register_task": "tasks"}
+               "task_from_function": "tasks", "register_task": "tasks",
+               "ConnectionCost": "cost", "CostSettings": "cost", "BioMLP": "models",
+               "BioTransformer": "models", "Wiring": "models", "attach": "models",
+               "wiring_of": "models", "Group": "spec", "PermutationSpec": "spec",
+               "SOLVERS": "swap", "SwapReport": "swap", "apply_permutation": "swap",
+               "register_solver": "swap", "swap_pass": "swap"}
 
 __all__ = [
     "BioMLP", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
@@ -39,3 +37,7 @@ def __getattr__(name):
     if name in _LAZY_NAMES:
         return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'bimt' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

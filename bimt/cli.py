@@ -1,17 +1,64 @@
-"""The ``bimt`` command: train, plot, analyze, reproduce, bench, tasks."""
+"""The ``bimt`` command: train, plot, view, analyze, reproduce, bench, tasks.
+
+torch, scipy and matplotlib are imported inside the commands, never at the top, so that
+``bimt --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 __all__ = ["main"]
 
+from .configtypes import SEED_MAX
+
+
+class _LazyChoices:
+    """Valid values read from a module attribute on first use (that module imports torch)."""
+
+    def __init__(self, module: str, attr: str):
+        self.module, self.attr = module, attr
+
+    def _values(self):
+        import importlib
+
+        values = getattr(importlib.import_module(f"bimt.{self.module}"), self.attr)
+        return list(values() if callable(values) else values)
+
+    def __contains__(self, value):
+        return value in self._values()
+
+    def __iter__(self):
+        return iter(sorted(self._values()) if self.attr == "TASKS" else self._values())
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` where an option has a default worth showing."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+    def _expand_help(self, action):
+        if isinstance(action.choices, _LazyChoices):  # the help text names them; no import
+            import copy
+
+            action = copy.copy(action)
+            action.choices = None
+        return super()._expand_help(action)
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse that lists the valid choices when a value is not one of them (exit code 2)."""
+
+    def __init__(self, *args, **kw):
+        kw.setdefault("formatter_class", _Help)
+        super().__init__(*args, **kw)
 
     def error(self, message):
         self.print_usage(sys.stderr)
@@ -24,10 +71,13 @@ def _lambda_arg(text: str):
     try:
         for part in text.split(","):
             value, _, steps = part.partition(":")
-            phases.append([float(value), float(steps) if steps else 1.0])
+            phase = [float(value), float(steps) if steps else 1.0]
+            if not all(map(math.isfinite, phase)):
+                raise ValueError
+            phases.append(phase)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"invalid lambda {text!r}: give a number (0.01) or phases value:steps,... "
+            f"invalid lambda {text!r}: give a finite number (0.01) or phases value:steps,... "
             "(1e-3:5000,1e-2:10000,1e-3:5000)"
         ) from None
     return phases
@@ -36,53 +86,99 @@ def _lambda_arg(text: str):
 def _milestones_arg(text: str):
     """``0.25:10,0.75:0.1``: times 10 from a quarter of the run, times 0.1 from three quarters."""
     try:
-        return [[float(a), float(b)] for a, b in (part.split(":") for part in text.split(","))]
+        out = [[float(a), float(b)] for a, b in (part.split(":") for part in text.split(","))]
+        if not all(math.isfinite(x) for pair in out for x in pair):
+            raise ValueError
+        return out
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"invalid milestones {text!r}: give fraction:factor,... (0.25:10,0.75:0.1)"
         ) from None
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    from .tasks import TASKS
-    from .train import METHODS
-    from .swap import swap_modes
+def _seed_arg(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: give an integer") from None
+    if not 0 <= seed <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {seed} is out of range; allowed: 0 to {SEED_MAX}")
+    return seed
 
+
+def _seeds_arg(text: str) -> list[int]:
+    """Seed numbers, as ``train --seed`` takes them: ``0-4`` (0 to 4), ``0,3,7`` or ``2``."""
+    seeds = []
+    try:
+        for part in text.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            first, last = int(lo), int(hi) if dash else int(lo)
+            if last < first:
+                raise ValueError
+            seeds += range(first, last + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid seeds {text!r}: give seed numbers as 0-4, 0,1,2 or 3 (--n-seeds N for a count)"
+        ) from None
+    bad = [s for s in seeds if not 0 <= s <= SEED_MAX]
+    if bad:
+        raise argparse.ArgumentTypeError(f"seed {bad[0]} is out of range; allowed: 0 to {SEED_MAX}")
+    return sorted(set(seeds))
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    task_default = "default: the task's (see bimt tasks)"
     p = _Parser(prog="bimt", description="Brain-Inspired Modular Training")
+    p.add_argument("--version", action="version", version=f"bimt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p.subcommands = sub.choices
 
-    sub.add_parser("tasks", help="list the built-in tasks")
+    sub.add_parser("tasks", help="list the built-in tasks and their defaults")
 
     t = sub.add_parser("train", help="train a network on a task with BIMT (or an ablation)")
-    t.add_argument("task", choices=sorted(TASKS), metavar="TASK",
-                   help=f"one of: {', '.join(TASKS)}")
-    t.add_argument("--method", choices=METHODS, help="vanilla | l1 | l1-local | l1-swap | bimt (default)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--steps", type=int)
-    t.add_argument("--lr", type=float)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
+                   help="a built-in task; bimt tasks lists them with their defaults")
+    t.add_argument("--method", choices=_LazyChoices("config", "METHODS"), metavar="METHOD",
+                   help="vanilla | l1 | l1-local | l1-swap | bimt (default: bimt)")
+    t.add_argument("--seed", type=_seed_arg, help=f"seed number, 0 to {SEED_MAX} (default: 0)")
+    t.add_argument("--steps", type=int, help=f"training steps ({task_default})")
+    t.add_argument("--lr", type=float, help=f"AdamW learning rate ({task_default})")
+    t.add_argument("--batch-size", type=int, help=f"batch size; full batch when unset ({task_default})")
     t.add_argument("--lambda", dest="lambda_schedule", type=_lambda_arg,
-                   help="constant (0.01) or phases value:steps,... rescaled to --steps")
+                   help=f"constant (0.01) or phases value:steps,... rescaled to --steps ({task_default})")
     t.add_argument("--lambda-milestones", dest="lambda_milestones", type=_milestones_arg,
-                   help="multiply lambda at fractions of the run: 0.25:10,0.75:0.1")
-    t.add_argument("--A", type=float, help="in-layer scale (locality)")
-    t.add_argument("--y-star", type=float, help="layer gap")
-    t.add_argument("--p", type=float, help="distance norm (1 = L1, 2 = L2)")
-    t.add_argument("--top-k", type=int)
-    t.add_argument("--swap-every", type=int)
-    t.add_argument("--swap-mode", choices=swap_modes())
-    t.add_argument("--eval-every", type=int)
-    t.add_argument("--dtype", choices=("float32", "float64"), help="float64 as some notebooks train")
-    t.add_argument("--data-dir", help="MNIST IDX files (or a torchvision MNIST folder)")
+                   help="multiply lambda at fractions of the run: 0.25:10,0.75:0.1 (default: none)")
+    t.add_argument("--A", type=float, help=f"in-layer scale, locality ({task_default})")
+    t.add_argument("--y-star", type=float, help=f"layer gap ({task_default})")
+    t.add_argument("--p", type=float, help="distance norm, 1 = L1, 2 = L2 (default: 1)")
+    t.add_argument("--top-k", type=int, help=f"neurons per layer tried in a swap pass ({task_default})")
+    t.add_argument("--swap-every", type=int, help=f"steps between swap passes ({task_default})")
+    t.add_argument("--swap-mode", choices=_LazyChoices("swap", "swap_modes"), metavar="MODE",
+                   help="greedy (the paper's) | exact (linear assignment) (default: greedy)")
+    t.add_argument("--eval-every", type=int,
+                   help="steps between evaluations (default: steps/20, at most the task's)")
+    t.add_argument("--dtype", choices=("float32", "float64"),
+                   help="float64 as some notebooks train (default: float32)")
+    t.add_argument("--data-dir", help="MNIST IDX files or a torchvision MNIST folder "
+                   "(default: the built-in 5k subset)")
     t.add_argument("--out", help="run directory (default: runs/TASK-METHOD-sSEED)")
-    t.add_argument("--config", help="a config.json to start from (command-line options win)")
-    t.add_argument("--animate", action="store_true", default=None, help="also write evolution.gif")
+    t.add_argument("--config", help="a config.json to start from; command-line options win "
+                   "(default: none)")
+    t.add_argument("--animate", action="store_true", default=None,
+                   help="store snapshots, write evolution.gif (and the report's slider)")
+    t.add_argument("--tensorboard", metavar="DIR",
+                   help="also log scalars and the graph for TensorBoard in DIR (default: off)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
     pl.add_argument("run_dir")
+
+    v = sub.add_parser("view", help="write RUN/report.html, an interactive page of the network")
+    v.add_argument("run_dir")
+    v.add_argument("--open", action="store_true", help="open it in a web browser")
 
     a = sub.add_parser("analyze", help="modularity, modules and active neurons of a run")
     a.add_argument("run_dir")
@@ -91,12 +187,16 @@ def _build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("reproduce", help="the paper's Tables 1 and 2, in parallel")
     r.add_argument("--tasks", help="comma-separated task names (default: the paper's tasks)")
-    r.add_argument("--methods", default="vanilla,l1,bimt")
-    r.add_argument("--seeds", type=int, default=5)
-    r.add_argument("--steps", type=int, help="override every task's steps (for a quick look)")
-    r.add_argument("--workers", type=int, default=2)
-    r.add_argument("--out", default="reproduction")
-    r.add_argument("--data-dir")
+    r.add_argument("--methods", default="vanilla,l1,bimt", help="comma-separated methods")
+    seeds = r.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_seeds_arg,
+                       help="seed numbers, as train --seed: 0-4, 0,1,2 or 3 (default: 0-4)")
+    seeds.add_argument("--n-seeds", type=int, help="a count: seeds 0 to N-1 (default: 5)")
+    r.add_argument("--steps", type=int, help="override every task's steps, for a quick look "
+                   "(default: the tasks')")
+    r.add_argument("--workers", type=int, default=2, help="parallel processes")
+    r.add_argument("--out", default="reproduction", help="output directory")
+    r.add_argument("--data-dir", help="MNIST files (default: the built-in subset)")
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
@@ -112,8 +212,19 @@ def main(argv=None) -> int:
         return _COMMANDS[args.command](args) or 0
     except (ValueError, KeyError, OSError) as e:
         message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        message = " ".join(str(message).split())  # one line
         print(f"bimt {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"bimt {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run_dir(path: str) -> Path:
+    run = Path(path)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    return run
 
 
 def _tasks(args) -> int:
@@ -122,10 +233,18 @@ def _tasks(args) -> int:
     width = max(map(len, TASKS))
     for name, task in TASKS.items():
         print(f"{name:<{width}}  {task.description}")
+        defaults = ", ".join(f"{k}={_short(v)}" for k, v in task.defaults.items())
+        print(f"{'':<{width}}  defaults: {defaults}")
     return 0
 
 
+def _short(value) -> str:
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _train(args) -> int:
+    from .configtypes import check_types
     from .train import TrainConfig, TrainingDiverged, train
 
     options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
@@ -142,7 +261,14 @@ def _train(args) -> int:
             raise ValueError("--resume needs --out, the run directory to continue")
     base = {}
     if args.config:
-        base = json.loads(Path(args.config).read_text())
+        try:
+            base = json.loads(Path(args.config).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{args.config} is not valid JSON ({e})") from None
+        if not isinstance(base, dict):
+            raise ValueError(f"{args.config} must hold a JSON object of config keys, "
+                             f"got a {type(base).__name__}")
+        check_types(TrainConfig, base)  # the file as written, before options override it
     base["task"] = args.task
     for key in options:
         value = getattr(args, key)
@@ -150,11 +276,16 @@ def _train(args) -> int:
             base[key] = value
     config = TrainConfig.from_dict(base)
     out = args.out or f"runs/{config.task}-{config.method}-s{config.seed}"
+    extra = {"tensorboard": args.tensorboard} if args.tensorboard else {}
     try:
-        result = train(config, out=out, resume=args.resume, progress=not args.quiet)
+        result = train(config, out=out, resume=args.resume, progress=not args.quiet, **extra)
     except TrainingDiverged as e:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nbimt train: interrupted; `bimt train {config.task} --out {out} --resume` continues "
+              "the run from its last checkpoint", file=sys.stderr)
+        return 130
     m = result.metrics
     print(_metrics_line(m))
     print(f"wrote {out}/: config.json metrics.json history.csv checkpoint.pt graph.png graph.svg"
@@ -174,6 +305,7 @@ def _plot(args) -> int:
     from .tasks import get_task
     from .train import TrainResult
 
+    _run_dir(args.run_dir)
     model, cfg = load_model(args.run_dir)
     state = load_checkpoint(Path(args.run_dir) / "checkpoint.pt")
     data = None if cfg.task == MODULE_TASK else get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
@@ -186,7 +318,20 @@ def _plot(args) -> int:
 def _analyze(args) -> int:
     from .runs import analyze_run
 
-    analyze_run(args.run_dir, prune=args.prune, knockout=args.knockout)
+    analyze_run(_run_dir(args.run_dir), prune=args.prune, knockout=args.knockout)
+    return 0
+
+
+def _view(args) -> int:
+    from .viz.report import write_report
+
+    path = write_report(_run_dir(args.run_dir))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.resolve().as_uri()):
+            print(f"could not start a web browser; open {path} yourself", file=sys.stderr)
     return 0
 
 
@@ -195,7 +340,9 @@ def _reproduce(args) -> int:
 
     reproduce(
         tasks=args.tasks.split(",") if args.tasks else None,
-        methods=args.methods.split(","), seeds=args.seeds, workers=args.workers,
+        methods=args.methods.split(","),
+        seeds=args.seeds if args.seeds is not None else (args.n_seeds if args.n_seeds is not None else 5),
+        workers=args.workers,
         out=args.out, steps=args.steps, data_dir=args.data_dir,
     )
     return 0
@@ -208,7 +355,7 @@ def _bench(args) -> int:
     return 0
 
 
-_COMMANDS = {"tasks": _tasks, "train": _train, "plot": _plot, "analyze": _analyze,
+_COMMANDS = {"tasks": _tasks, "train": _train, "plot": _plot, "view": _view, "analyze": _analyze,
              "reproduce": _reproduce, "bench": _bench}
 
 if __name__ == "__main__":

@@ -55,6 +55,9 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        from .configtypes import check_types
+
+        check_types(cls, d)
         d = dict(d)
         if "last_distance_free" in d:  # the name before CostSettings (saved configs)
             d.setdefault("distance_free", ["last"] if d.pop("last_distance_free") else [])
@@ -88,9 +91,16 @@ class TrainConfig:
         if out.checkpoint_every is None:
             out.checkpoint_every = max(1, min(out.steps, 2000))
         out.validate()
+        if task.kind == "regression" and out.loss == "ce":
+            raise ValueError(f"loss 'ce' (cross-entropy) needs class labels; {out.task} is a "
+                             "regression task: use loss 'mse'")
         return out
 
     def validate(self) -> None:
+        from .configtypes import SEED_MAX
+
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ValueError(f"seed must be an integer from 0 to {SEED_MAX}, got {self.seed!r}")
         for name in ("steps", "batch_size", "top_k", "swap_every", "eval_every",
                      "checkpoint_every", "animate_frames", "threads"):
             if getattr(self, name) is not None:
@@ -116,7 +126,7 @@ class TrainConfig:
                 value, length = phase
                 if not math.isfinite(value) or value < 0:
                     raise ValueError(f"lambda must be a finite number >= 0, got {value!r}")
-                if length <= 0:
+                if not math.isfinite(length) or length <= 0:
                     raise ValueError(f"a lambda phase must last > 0 steps, got {length!r}")
 
     def cost_settings(self, bias: bool = True) -> CostSettings:

@@ -106,13 +106,16 @@ def reproduce(
     for m in methods:
         if m not in METHODS:
             raise ValueError(f"unknown method {m!r}; allowed: {', '.join(METHODS)}")
-    if seeds <= 0 or workers <= 0:
-        raise ValueError(f"seeds and workers must be positive, got seeds={seeds}, workers={workers}")
+    # seeds: a count (0 .. seeds-1) or the seed numbers themselves, as `train --seed` takes them
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else sorted(set(map(int, seeds)))
+    if not seed_list or min(seed_list) < 0 or workers <= 0:
+        raise ValueError(f"seeds (a count > 0 or seed numbers >= 0) and workers (> 0) are needed, "
+                         f"got seeds={seeds}, workers={workers}")
     out = Path(out)
     jobs = [
         dict(task=t, method=m, seed=s, steps=steps, data_dir=data_dir,
              run_dir=str(out / "runs" / t / f"{m}-s{s}"))
-        for t in tasks for m in methods for s in range(seeds)
+        for t in tasks for m in methods for s in seed_list
     ]
     # longest first, so the slow tasks do not end up alone at the end
     jobs.sort(key=lambda j: -_expected_cost(j["task"]))
@@ -137,12 +140,12 @@ def reproduce(
     results.sort(key=lambda r: (tasks.index(r["task"]), list(methods).index(r["method"]), r["seed"]))
     write_results(out, results, tasks, list(methods))
     write_json(out / "reproduction.json", {
-        "tasks": tasks, "methods": list(methods), "seeds": seeds, "workers": workers,
+        "tasks": tasks, "methods": list(methods), "seeds": seed_list, "workers": workers,
         "steps_override": steps, "wall_s": round(wall, 1), "cpu_count": os.cpu_count(),
     })
     for t in tasks:
         try:
-            task_figure(out, t, list(methods))
+            task_figure(out, t, list(methods), seed_list[0])
         except Exception as e:  # a figure must not lose the tables
             print(f"could not draw the figure of {t}: {e}")
     return results
@@ -218,8 +221,8 @@ def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> t
     return table(1), table(2)
 
 
-def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
-    """The seed-0 graphs of every method, side by side: ``OUT/figures/TASK.png``."""
+def task_figure(out: Path, task: str, methods: list[str], seed: int = 0) -> Path | None:
+    """The graphs of one seed for every method, side by side: ``OUT/figures/TASK.png``."""
     from . import viz
     from .viz._io import Figure
     from .models import wiring_of
@@ -228,7 +231,7 @@ def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
     shown = [m for m in ("vanilla", "l1", "bimt") if m in methods] or methods
     models = []
     for m in shown:
-        run = out / "runs" / task / f"{m}-s0"
+        run = out / "runs" / task / f"{m}-s{seed}"
         if (run / "checkpoint.pt").exists():
             models.append((m, load_model(run)[0]))
     if not models:
@@ -238,7 +241,7 @@ def task_figure(out: Path, task: str, methods: list[str]) -> Path | None:
     for i, (m, model) in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1, projection="3d" if three_d else None)
         viz.plot(model, ax=ax, title=f"{METHOD_NAME.get(m, m)}")
-    fig.suptitle(f"{task}: seed 0")
+    fig.suptitle(f"{task}: seed {seed}")
     path = out / "figures" / f"{task}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     viz.save_figure(fig, path.with_suffix(""), formats=("png",))

@@ -75,6 +75,7 @@ def train(
     *,
     model: nn.Module | None = None,
     data=None,
+    tensorboard: str | os.PathLike | None = None,
     **overrides,
 ) -> TrainResult:
     """Train one model; with ``out``, write the run directory there.
@@ -91,7 +92,8 @@ def train(
 
     ``resume=True`` continues from ``out/checkpoint.pt`` with the config saved there (for your
     own module: pass the same ``model`` class, fresh, and ``data`` again), and gives exactly the
-    numbers an uninterrupted run would.
+    numbers an uninterrupted run would. ``tensorboard=DIR`` also logs to TensorBoard
+    (:mod:`bimt.tblog`).
     """
     task, loss_fn = None, None
     if callable(overrides.get("loss")):
@@ -141,7 +143,7 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn)
+        return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn, tensorboard)
     finally:
         torch.set_num_threads(threads)
 
@@ -215,7 +217,8 @@ class _Batches:
         return xb, yb
 
 
-def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=None) -> TrainResult:
+def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=None,
+           tensorboard=None) -> TrainResult:
     _seed_everything(cfg.seed)
     data = dataclasses.replace(task.make_data(cfg.seed, cfg.data_dir))
     model = task.make_model(dataclasses.asdict(cfg))
@@ -249,6 +252,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     loss_fn = custom_loss or (nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss())
     predict = task.predict or (lambda o: o)
     n_out = _n_outputs(wiring)
+    _check_fits(model, data, cfg, loss_fn, predict, n_out)
     batches = _Batches(data.X_train, targets(data.y_train, cfg.loss, model, n_out), cfg.batch_size,
                        cfg.seed)
 
@@ -270,6 +274,11 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     if cfg.animate and step == 0:
         snapshots.append(_snapshot(model, 0))
 
+    tb = None
+    if tensorboard is not None:
+        from .tblog import TensorBoardLogger
+
+        tb = TensorBoardLogger(tensorboard)
     bar = _progress(cfg, step, progress)
     start = time.perf_counter() - elapsed
     model.train()
@@ -286,7 +295,9 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
         optimizer.step()
         step += 1
         if swaps and step % cfg.swap_every == 0:
-            swap_pass(model, spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
+            swapped = swap_pass(model, spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
+            if tb is not None:
+                tb.swaps(step, swapped)
         if cfg.animate and step % snapshot_every == 0:
             snapshots.append(_snapshot(model, step))
         if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -298,6 +309,8 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
             row.update(step=step, lam=lam, train_loss_batch=train_loss,
                        wall_s=round(time.perf_counter() - start, 3))
             history.append(row)
+            if tb is not None:
+                tb.evaluation(step, row, model)
             bar.set_postfix_str(_postfix(row), refresh=False)
         bar.update(1)
         if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
@@ -309,6 +322,8 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
                             dataclasses.asdict(config), time.perf_counter() - start, snapshots,
                             extra)
     bar.close()
+    if tb is not None:
+        tb.close()
     wall = time.perf_counter() - start
     metrics = final_metrics(model, data, cfg, task, loss_fn, predict, local_cost, wall, n_out)
     result = TrainResult(model, metrics, history, cfg, data, run_dir, snapshots)
@@ -335,6 +350,30 @@ def _diverged(what: str, step: int, lam: float, cfg, run_dir) -> TrainingDiverge
     return TrainingDiverged(
         f"{what} at step {step} (lambda={lam:g}, lr={cfg.lr:g}); {where}; try a smaller lr or lambda"
     )
+
+
+@torch.no_grad()
+def _check_fits(model, data, cfg, loss_fn, predict, n_out) -> None:
+    """A clear error, before anything is written, when the model does not fit the data."""
+    import warnings
+
+    X, y = data.X_train, data.y_train
+    if not (torch.is_tensor(X) and torch.is_tensor(y)):  # data loaders: checked as they come
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # MSELoss warns, then broadcasts, on a shape mismatch
+            widths = getattr(model, "widths", None)
+            if widths and X.is_floating_point() and X.ndim == 2 and widths[0] != X.shape[1]:
+                raise ValueError(f"{widths[0]} inputs for data with {X.shape[1]} features")
+            out = model(X[:2])
+            loss_fn(predict(out), targets(y[:2], cfg.loss, model, n_out))
+            if data.output_labels is not None and len(data.output_labels) != out.shape[-1]:
+                raise ValueError(f"{out.shape[-1]} outputs for {len(data.output_labels)} targets")
+    except (RuntimeError, IndexError, ValueError, UserWarning) as e:
+        reason = " ".join(str(e).split())[:200]
+        raise ValueError(f"the model (widths {cfg.widths}) does not fit {cfg.task}'s data "
+                         f"(inputs of shape {tuple(X.shape[1:])}): {reason}") from None
 
 
 def _check_top_k(spec, cfg) -> None:

@@ -49,10 +49,20 @@ def metrics_of(run_dir) -> dict:
 # -- tasks ------------------------------------------------------------------------------------
 def test_tasks_lists_every_task(capsys):
     out = run_ok(capsys, "tasks")
-    lines = out.strip().splitlines()
+    lines = [line for line in out.strip().splitlines() if not line.startswith(" ")]
     assert len(lines) == len(TASKS)
     for name, task in TASKS.items():
         assert any(line.split()[0] == name and task.description in line for line in lines), name
+
+
+def test_tasks_show_their_defaults(capsys):
+    out = run_ok(capsys, "tasks")
+    blocks = out.strip().split("\n")
+    for name, task in TASKS.items():
+        i = next(i for i, line in enumerate(blocks) if line.split()[0] == name)
+        defaults = blocks[i + 1]
+        assert defaults.strip().startswith("defaults:")
+        assert f"steps={task.defaults['steps']}" in defaults, name
 
 
 def test_tasks_as_a_subprocess():
@@ -229,8 +239,11 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path, monkeypatch):
         return real(*args, **kw)
 
     monkeypatch.setattr(bt, "swap_pass", interrupt_third_pass)
-    with pytest.raises(KeyboardInterrupt):
-        main([*argv, "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "cut")])
+    code = main([*argv, "--config", str(tmp_path / "config.json"), "--out", str(tmp_path / "cut")])
+    err = capsys.readouterr().err.strip()
+    assert code == 130  # Ctrl-C: one clean line saying how to continue, no traceback
+    assert err == (f"bimt train: interrupted; `bimt train two-moons --out {tmp_path / 'cut'} "
+                   "--resume` continues the run from its last checkpoint")
     monkeypatch.setattr(bt, "swap_pass", real)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 8
 
@@ -265,4 +278,4 @@ def test_plot_rewrites_the_figures(capsys, tmp_path):
 
 def test_plot_of_a_missing_run(capsys, tmp_path):
     err = run_error(capsys, "plot", str(tmp_path / "nowhere"))
-    assert "bimt plot: error:" in err and "no checkpoint" in err
+    assert err == f"bimt plot: error: run directory {tmp_path / 'nowhere'} does not exist\n"

@@ -276,3 +276,42 @@ def test_style_helpers():
     assert viz.keep_mask(w, top_n=2).tolist() == [True, False, False, True]
     assert viz.keep_mask(w, min_fraction=0.3).tolist() == [True, False, False, True]
     assert viz.normalized_weights(np.zeros(3)).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_gif_frames_share_a_small_palette(tmp_path):
+    torch.manual_seed(0)
+    model = bimt.BioMLP([2, 6, 2])
+    snaps = []
+    for step in range(3):
+        snaps.append(viz.snapshot(model, step))
+        with torch.no_grad():
+            model.linears[0].weight.mul_(-0.7)
+    small = viz.write_animation(model, snaps, tmp_path / "small.gif", dpi=40, colors=16)
+    with Image.open(small) as im:
+        for k in range(im.n_frames):
+            im.seek(k)
+            assert len(im.convert("RGB").getcolors(4096)) <= 16
+    big = viz.write_animation(model, snaps, tmp_path / "big.gif", dpi=40, colors=256)
+    assert small.stat().st_size < big.stat().st_size
+    with pytest.raises(ValueError, match="colors must be an integer from 2 to 256"):
+        viz.write_animation(model, snaps, tmp_path / "x.gif", colors=1)
+
+
+def test_mnist_output_labels_are_drawn_above_the_edges():
+    model = bimt.BioMLP([784, 100, 100, 10], layout=["grid", "grid", "grid", "ring"],
+                        freeze_input=True, output_labels=[str(d) for d in range(10)])
+    fig = viz.plot_graph_3d(model, top_n=50)
+    fig.canvas.draw()  # mplot3d gives the collections their depth-sorted zorder on draw
+    ax = fig.axes[0]
+    top_edge = max(c.get_zorder() for c in ax.collections)
+    labels = [t for t in ax.texts if t.get_gid() == "output-label"]
+    assert len(labels) == 10 and min(t.get_zorder() for t in labels) > top_edge
+
+
+def test_pruning_frontier_x_axis_is_log_scaled():
+    from bimt.analysis import plot_pruning_frontier
+
+    fig = plot_pruning_frontier([(0, 1.0), (10, 0.1), (500, 0.01)])
+    assert fig.axes[0].get_xscale() == "symlog" and fig.axes[0].get_yscale() == "log"
+    fig = plot_pruning_frontier([(0, 1.0), (10, 0.1)], logx=False)
+    assert fig.axes[0].get_xscale() == "linear"

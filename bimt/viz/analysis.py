@@ -20,10 +20,13 @@ __all__ = ["plot_pruning_frontier", "plot_embedding_pairs", "plot_embedding_heat
            "plot_residual_vs_weight"]
 
 
-def plot_pruning_frontier(frontiers, ax=None, logy: bool = True, title: str | None = None):
+def plot_pruning_frontier(frontiers, ax=None, logy: bool = True, title: str | None = None,
+                          logx: bool = True):
     """Plot ``{run name: frontier}`` (or one frontier) on one axes; returns the Figure.
 
-    x: unpruned parameters; y: loss (log scale by default). Lower left is better.
+    x: unpruned parameters, log-scaled by default (symlog: 0 stays on the axis, and the few
+    tens of parameters a sparse network keeps are not squeezed into the left edge);
+    y: loss (log scale by default). Lower left is better.
     """
     if not isinstance(frontiers, Mapping):
         frontiers = {"": frontiers}
@@ -40,6 +43,8 @@ def plot_pruning_frontier(frontiers, ax=None, logy: bool = True, title: str | No
         ax.plot(n, loss, marker=".", label=str(name) or None)
     if logy:
         ax.set_yscale("log")
+    if logx:
+        ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("unpruned parameters")
     ax.set_ylabel("loss")
     if title:

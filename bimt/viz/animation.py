@@ -240,6 +240,7 @@ def write_animation(
     title: str = "step {step}",
     plot_kwargs: dict | None = None,
     boundary_kwargs: dict | None = None,
+    colors: int = 32,
 ):
     """Write an animated GIF of the connectivity graph over the snapshots; returns its path.
 
@@ -255,23 +256,31 @@ def write_animation(
     max_frames : at most this many frames, evenly spaced, first and last always included.
     title : frame title, formatted with ``step`` and the snapshot's ``info``.
     plot_kwargs, boundary_kwargs : passed to the graph / decision-boundary functions.
+    colors : size of the palette shared by all frames (2 to 256; fewer colours, smaller file).
     """
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
-    frames = [
-        im.quantize(colors=256, method=0)
-        for im in render_frames(
-            model, snapshots, decision_boundary_data=decision_boundary_data, kind=kind,
-            max_frames=max_frames, dpi=dpi, figsize=figsize, title=title,
-            plot_kwargs=plot_kwargs, boundary_kwargs=boundary_kwargs,
-        )
-    ]
+    if isinstance(colors, bool) or not isinstance(colors, int) or not 2 <= colors <= 256:
+        raise ValueError(f"colors must be an integer from 2 to 256, got {colors!r}")
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    from PIL import Image
+
+    rgb = list(render_frames(
+        model, snapshots, decision_boundary_data=decision_boundary_data, kind=kind,
+        max_frames=max_frames, dpi=dpi, figsize=figsize, title=title,
+        plot_kwargs=plot_kwargs, boundary_kwargs=boundary_kwargs,
+    ))
+    # one small palette shared by every frame (taken from the last, the most drawn-on), no
+    # dithering: unchanged pixels keep their index, so the GIF writer stores only what changed
+    palette = rgb[-1].quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
+    frames = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in rgb]
     frame_ms = max(int(round(1000.0 / fps)), 20)
     durations = [frame_ms] * len(frames)
     durations[-1] += int(round(1000 * max(hold_last, 0.0)))
 
     def write(tmp):
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], optimize=True,
                        duration=durations if len(frames) > 1 else durations[0], loop=loop)
 
     return atomic_write(path, write)

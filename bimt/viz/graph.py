@@ -473,8 +473,10 @@ def plot_graph_3d(
             d = p[:2] - center
             norm = np.linalg.norm(d)
             off = 0.07 * d / norm if norm > 1e-9 else np.zeros(2)
+            # drawn above every edge (zorder beats the depth-sorted collections) on a white box
             ax.text(p[0] + off[0], p[1] + off[1], p[2] + 0.08, label, fontsize=fontsize,
-                    ha="center", va="bottom", gid="output-label")
+                    ha="center", va="bottom", gid="output-label", zorder=1000,
+                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
     if not view.tokens and folds[0] == 1 and wanted(sizes[0]):
         labels = _slot_labels(input_labels if input_labels is not None else view.input_labels,
                               view.input_order, sizes[0], "x", "input")

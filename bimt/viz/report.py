@@ -1,0 +1,362 @@
+"""One self-contained, interactive HTML page for a trained network (``bimt view RUN``).
+
+The page shows the connectivity graph (2D for lines, a rotatable 3D projection for grids, the
+transformer's rows), a tooltip on every neuron and edge, the modules, a slider over the
+training snapshots (those ``--animate`` stores in the checkpoint, the same ones the GIF uses),
+the precomputed effect of knocking out each module, the metrics and the training curves.
+
+Why a hand-written canvas renderer and not plotly or d3: the page must open without network
+access, so any library would be inlined. plotly's bundle alone is ~3.5 MB, more than the whole
+page for the paper's models; a ~300-line vanilla script draws what we need (lines of two
+colours and widths, dots, labels, a small projection) and hit-tests the mouse itself. Canvas
+and not SVG because the MNIST and transformer graphs hold thousands of edges that are redrawn
+on every slider move. Data are compact: per snapshot and weight matrix, the entries that
+are visible (``|round(127 w / max|W|)| >= MIN_Q``, at most ``MAX_EDGES`` of the
+strongest), as base64 of little-endian index and int8 arrays; node importances as uint8 of
+the layer's maximum. Weights in tooltips are therefore within 1/254 of their layer's max|w|.
+
+Everything the page needs from a model comes from :func:`_read_network`, the one place that
+knows model types (a layered ``BioMLP``/attached Sequential via
+:func:`bimt.viz.graph.layered_view`, or a ``BioTransformer``).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["Report", "report", "write_report", "MAX_EDGES"]
+
+#: Most edges drawn per weight matrix and snapshot (the strongest are kept).
+MAX_EDGES = 1000
+#: Entries below this many 127ths of their matrix's max|w| are not stored: drawn at most
+#: 2.2 px wide for the max, they would be under 0.06 px, invisible.
+MIN_Q = 3
+#: At most this many modules get a knock-out row (the largest).
+MAX_MODULES = 12
+FOLD_GAP = 0.22  # vertical offset of the rows of a folded layer (token rows)
+QKV_OFFSET = 0.16
+
+
+# -------------------------------------------------------------------------------------------
+# Reading the network (the only model-type-specific part)
+# -------------------------------------------------------------------------------------------
+def _unit_x(coords: np.ndarray) -> np.ndarray:
+    if coords.shape[1] == 1:
+        return coords[:, 0].astype(float)
+    n = coords.shape[0]
+    return (np.arange(n) + 0.5) / n
+
+
+def _slot_labels(labels, order, n):
+    if labels is None or len(labels) != n:
+        return None
+    order = range(n) if order is None else [int(k) for k in order]
+    return [str(labels[k]) for k in order]
+
+
+def _read_network(model) -> dict:
+    """Rows of neurons, weight matrices between them, labels and importances, as plain arrays.
+
+    Returns ``{"kind": "2d"|"3d"|"transformer", "rows": [...], "blocks": [...],
+    "importance": {group: array}}``. A row is ``{"name", "group", "fold", "level", "xy" (n, 2),
+    "offsets" (fold,), "labels" (per slot or None)}``; neuron ``f * n + s`` of a row's tensor
+    axis is drawn at slot ``s``, fold row ``f``. A block is ``{"name", "out", "in", "W"}`` with
+    row indices and the ``(out, in)`` matrix.
+    """
+    from ..analysis import neuron_scores
+
+    spec = model.spec
+    rows, blocks = [], []
+    if hasattr(model, "residual_stream"):  # BioTransformer: the paper's Fig. 7 rows, every block
+        kind = "transformer"
+
+        def row(group, level, name, fold=1, offsets=(0.0,), labels=None):
+            c = np.asarray(spec.groups[group].coords, dtype=float)
+            x = _unit_x(c)
+            rows.append(dict(name=name, group=group, fold=fold, level=level,
+                             xy=np.stack([x, np.full_like(x, 0.5)], 1),
+                             offsets=list(offsets), labels=labels))
+            return len(rows) - 1
+
+        def W(linear):
+            return linear.weight.detach().to("cpu", torch.float64).numpy()
+
+        io = model.input_order.detach().cpu().numpy()
+        oo = model.output_order.detach().cpu().numpy()
+        r_in = row("input", 0, "input", labels=_slot_labels(model.input_labels, io, len(io)))
+        r_prev = row("resid", 1, "Embed")
+        blocks.append(dict(name="embed", out=r_prev, inp=r_in, W=W(model.embed)))
+        level = 1
+        for b, blk in enumerate(model.blocks):
+            r_att = row(f"attn{b}", level + 1, f"Atn{b}", 3, [-QKV_OFFSET, 0.0, QKV_OFFSET])
+            blocks.append(dict(name=f"blocks.{b}.attn.qkv", out=r_att, inp=r_prev, W=W(blk.attn.qkv)))
+            r_res1 = row("resid", level + 2, f"Res{2 * b + 1}")
+            # the output projection reads the V neurons (fold 2 of the attention row)
+            Wp = W(blk.attn.proj)
+            d = Wp.shape[1]
+            full = np.zeros((Wp.shape[0], 3 * d))
+            full[:, 2 * d:] = Wp
+            blocks.append(dict(name=f"blocks.{b}.attn.proj", out=r_res1, inp=r_att, W=full))
+            r_mlp = row(f"mlp{b}", level + 3, f"MLP{b}")
+            blocks.append(dict(name=f"blocks.{b}.mlp.fc1", out=r_mlp, inp=r_res1, W=W(blk.mlp.fc1)))
+            r_res2 = row("resid", level + 4, f"Res{2 * b + 2}")
+            blocks.append(dict(name=f"blocks.{b}.mlp.fc2", out=r_res2, inp=r_mlp, W=W(blk.mlp.fc2)))
+            r_prev, level = r_res2, level + 4
+        r_out = row("output", level + 1, "output",
+                    labels=_slot_labels(model.output_labels, oo, len(oo)))
+        blocks.append(dict(name="unembed", out=r_out, inp=r_prev, W=W(model.unembed)))
+    else:  # a layered network
+        from .graph import layered_view
+
+        view = layered_view(model)
+        kind = "3d" if any(c.shape[1] >= 2 for c in view.coords) else "2d"
+        for i, (g, c, f) in enumerate(zip(view.names, view.coords, view.folds)):
+            c = np.asarray(c, dtype=float)
+            xy = c[:, :2] if kind == "3d" and c.shape[1] >= 2 else \
+                np.stack([_unit_x(c), np.full(len(c), 0.5)], 1)
+            labels = None
+            if i == 0 and not view.tokens:
+                labels = _slot_labels(view.input_labels, view.input_order, len(c))
+            elif i == len(view.names) - 1:
+                labels = _slot_labels(view.output_labels, view.output_order, len(c))
+            rows.append(dict(name=g, group=g, fold=f, level=i, xy=xy,
+                             offsets=[-FOLD_GAP * k for k in range(f)], labels=labels))
+        for i, Wm in enumerate(view.weights):
+            blocks.append(dict(name=f"{view.names[i]}->{view.names[i + 1]}", out=i + 1, inp=i, W=Wm))
+    importance = {g: np.asarray(v, dtype=float) for g, v in neuron_scores(model).items()}
+    return dict(kind=kind, rows=rows, blocks=blocks, importance=importance)
+
+
+def _modules_and_knockouts(model, evaluate, accuracy):
+    """Modules (as analyze --knockout finds them) and their knock-out effect on the test metric."""
+    from ..analysis import find_modules, knockout_table, module_slots, tree_roots
+    from ..analysis.graph import _letters
+
+    found = find_modules(model)
+    modules = {_letters(i): m for i, m in enumerate(found)}
+    if len(modules) < 2:  # parallel modules that meet only at the output (Fig. 5): the roots
+        roots = tree_roots(model)
+        if len(roots) >= 2:
+            modules = {r["name"]: r["neurons"] for r in roots}
+    if len(modules) > MAX_MODULES:
+        keep = sorted(modules, key=lambda k: -len(modules[k]))[:MAX_MODULES]
+        modules = {k: modules[k] for k in sorted(keep)}
+    out = [{"name": k, "slots": module_slots(v)} for k, v in modules.items()]
+    knock = None
+    if evaluate is not None:
+        metric, name = (accuracy, "test accuracy") if accuracy is not None else (evaluate, "test loss")
+        rows = knockout_table(model, {m["name"]: m["slots"] for m in out}, metric)
+        knock = {"metric": name, "baseline": rows[0]["metric"],
+                 "values": {r["module"]: r["metric"] for r in rows[1:]}}
+    return out, knock
+
+
+# -------------------------------------------------------------------------------------------
+# Packing
+# -------------------------------------------------------------------------------------------
+def _b64(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode("ascii")
+
+
+def _pack_block(W: np.ndarray):
+    """Entries surviving int8 quantisation (strongest ``MAX_EDGES``): (index, q, scale)."""
+    flat = W.reshape(-1)
+    scale = float(np.abs(flat).max()) if flat.size else 0.0
+    if not math.isfinite(scale) or scale == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int8), 0.0
+    q = np.round(127 * flat / scale).astype(np.int64)
+    idx = np.flatnonzero(np.abs(q) >= MIN_Q)
+    if len(idx) > MAX_EDGES:
+        idx = idx[np.argsort(-np.abs(q[idx]), kind="stable")[:MAX_EDGES]]
+        idx.sort()
+    return idx, q[idx].astype(np.int8), scale
+
+
+def _frame(net: dict, step: int, blobs: list, offset: int) -> tuple[dict, int]:
+    blocks = []
+    for b in net["blocks"]:
+        idx, q, scale = _pack_block(b["W"])
+        wide = b["W"].size > 65536
+        idx_bytes = idx.astype("<u4" if wide else "<u2").tobytes()
+        blobs += [idx_bytes, q.tobytes()]
+        blocks.append([len(idx), scale, 4 if wide else 2])
+        offset += len(idx_bytes) + len(q)
+    imp = []
+    for g, v in net["importance"].items():
+        top = float(v.max()) if v.size else 0.0
+        u8 = np.zeros(len(v), np.uint8) if top <= 0 else np.round(255 * v / top).astype(np.uint8)
+        imp.append([g, top, _b64(u8)])
+    labels = {str(i): r["labels"] for i, r in enumerate(net["rows"])
+              if r["labels"] is not None and len(r["labels"]) <= 300}
+    return {"step": int(step), "blocks": blocks, "importance": imp, "labels": labels}, offset
+
+
+def _history_columns(history) -> dict:
+    cols: dict[str, list] = {}
+    keys = []
+    for row in history:
+        for k in row:
+            if k not in keys:
+                keys.append(k)
+    for k in keys:
+        vals = []
+        for row in history:
+            v = row.get(k)
+            try:
+                v = float(v)
+            except (TypeError, ValueError):
+                v = None
+            vals.append(v if v is not None and math.isfinite(v) else None)
+        if any(v is not None for v in vals):
+            cols[k] = vals
+    return cols
+
+
+def _json_safe(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return _json_safe(float(obj))
+    return obj
+
+
+def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report",
+               evaluate=None, accuracy=None) -> dict:
+    """Everything the page shows, as one JSON-serialisable dict (binary parts base64)."""
+    final = _read_network(model)
+    rows = []
+    for r in final["rows"]:
+        rows.append({"name": r["name"], "group": r["group"], "fold": r["fold"],
+                     "level": r["level"], "offsets": r["offsets"],
+                     "xy": np.round(r["xy"], 5).tolist()})
+    blocks = [{"name": b["name"], "out": b["out"], "in": b["inp"],
+               "shape": list(b["W"].shape)} for b in final["blocks"]]
+    blobs: list[bytes] = []
+    frames, offset = [], 0
+    snaps = list(snapshots or [])
+    if snaps:
+        work = copy.deepcopy(model).to("cpu")
+        for s in snaps:
+            step, state = (s.step, s.state) if hasattr(s, "state") else s
+            work.load_state_dict(state)
+            f, offset = _frame(_read_network(work), step, blobs, offset)
+            frames.append(f)
+    last_step = int(history[-1]["step"]) if history else (frames[-1]["step"] if frames else 0)
+    if not frames or frames[-1]["step"] != last_step:
+        f, offset = _frame(final, last_step, blobs, offset)
+        frames.append(f)
+    modules, knock = _modules_and_knockouts(model, evaluate, accuracy)
+    return _json_safe({
+        "title": title, "kind": final["kind"], "rows": rows, "blocks": blocks,
+        "frames": frames, "blob": base64.b64encode(b"".join(blobs)).decode("ascii"),
+        "modules": modules, "knockout": knock, "history": _history_columns(history),
+        "metrics": metrics or {}, "snapshots_stored": bool(snaps),
+    })
+
+
+# -------------------------------------------------------------------------------------------
+# The page
+# -------------------------------------------------------------------------------------------
+def _template() -> str:
+    from importlib.resources import files
+
+    return files(__package__).joinpath("report_template.html").read_text(encoding="utf-8")
+
+
+def render_html(data: dict) -> str:
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
+    payload = payload.replace("</", "<\\/")  # no "</script>" inside the script
+    page = _template()
+    return (page.replace("/*BIMT_TITLE*/", html.escape(str(data.get("title", "bimt"))))
+                .replace("/*BIMT_DATA*/null", payload))
+
+
+@dataclass
+class Report:
+    """An interactive report: ``.html`` (the page), ``.save(path)``, shown inline in Jupyter."""
+
+    html: str
+    data: dict
+
+    def save(self, path) -> Path:
+        from ..fileio import atomic_write_bytes
+
+        return atomic_write_bytes(Path(path), self.html.encode("utf-8"))
+
+    def _repr_html_(self) -> str:
+        # an iframe keeps the page's script and style apart from the notebook's
+        return (f'<iframe srcdoc="{html.escape(self.html, quote=True)}" '
+                'style="width:100%;height:900px;border:0" sandbox="allow-scripts"></iframe>')
+
+    def __len__(self) -> int:
+        return len(self.html)
+
+
+def _read_history_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def report(run, *, snapshots=None, history=None, metrics=None, evaluate=None,
+           accuracy=None, title=None) -> Report:
+    """Build the interactive report of a run directory, a ``TrainResult`` or a model.
+
+    ``bimt.viz.report("runs/two-moons-bimt-s0")`` reads the run's checkpoint (snapshots come
+    from runs trained with ``animate=True``; without them the page shows the final state),
+    ``history.csv`` and ``metrics.json``, and knocks out each module on the test set. For a
+    bare model, pass ``evaluate(module) -> float`` (and ``accuracy``) to get knock-outs.
+    """
+    if isinstance(run, (str, Path)):
+        run_dir = Path(run)
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"run directory {run_dir} does not exist")
+        from ..runs import load_checkpoint, run_evaluator
+
+        model, cfg, evaluate, accuracy = run_evaluator(run_dir)
+        state = load_checkpoint(run_dir / "checkpoint.pt")
+        snapshots = state.get("snapshots", []) if snapshots is None else snapshots
+        history = state.get("history") or _read_history_csv(run_dir / "history.csv")
+        mpath = run_dir / "metrics.json"
+        metrics = json.loads(mpath.read_text()) if mpath.exists() and metrics is None else metrics
+        title = title or f"{run_dir.name}: {cfg.task} [{cfg.method}, seed {cfg.seed}]"
+    elif hasattr(run, "model") and hasattr(run, "history"):  # a TrainResult
+        model = run.model
+        snapshots = run.snapshots if snapshots is None else snapshots
+        history = run.history if history is None else history
+        metrics = run.metrics if metrics is None else metrics
+        title = title or f"{run.config.task} [{run.config.method}, seed {run.config.seed}]"
+        if evaluate is None and getattr(run, "run_dir", None) and (Path(run.run_dir) / "checkpoint.pt").exists():
+            from ..runs import run_evaluator
+
+            _, _, evaluate, accuracy = run_evaluator(run.run_dir)
+    else:
+        model = run
+    model.eval()
+    data = build_data(model, snapshots or [], history or [], metrics, title or "bimt report",
+                      evaluate, accuracy)
+    return Report(render_html(data), data)
+
+
+def write_report(run_dir, path=None) -> Path:
+    """``RUN/report.html`` (or ``path``) for a run directory; returns the path written."""
+    run_dir = Path(run_dir)
+    rep = report(run_dir)
+    return rep.save(Path(path) if path is not None else run_dir / "report.html")
