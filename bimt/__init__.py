@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("analysis", "bench", "geometry", "reproduce", "runs", "tasks", "train", "viz")
+_LAZY_MODULES = ("analysis", "bench", "geometry", "reproduce", "runs", "tasks", "train", "view", "viz")
 _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
                "task_from_function": "tasks", "register_task": "tasks",
                "ConnectionCost": "cost", "CostSettings": "cost", "BioMLP": "models",

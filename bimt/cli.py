@@ -323,7 +323,7 @@ def _analyze(args) -> int:
 
 
 def _view(args) -> int:
-    from .viz.report import write_report
+    from .view import write_report
 
     path = write_report(_run_dir(args.run_dir))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")

@@ -11,7 +11,8 @@ import shutil
 import pytest
 
 from bimt.cli import main
-from bimt.viz.report import Report, report
+from bimt.view import report
+from bimt.viz.report import Report
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_view_writes_one_self_contained_page(animated_run, capsys):
 def test_weights_round_trip_through_quantisation(animated_run):
     import numpy as np
 
-    from bimt.train import load_model
+    from bimt.runs import load_model
     from bimt.viz.graph import layered_view
 
     rep = report(animated_run)
@@ -171,3 +172,24 @@ def test_report_in_headless_chromium(animated_run, driver, tmp_path):
     shot = tmp_path / "report.png"
     assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     assert [e for e in driver.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+
+
+def test_report_of_models_in_memory():
+    """The transformer rows (every block) and the 3D grid layout, from models without a run."""
+    import torch
+
+    import bimt
+    from bimt import viz
+
+    torch.manual_seed(0)
+    t = bimt.BioTransformer(2, 2, d_model=8, n_blocks=2)
+    data = viz.report(t).data
+    assert data["kind"] == "transformer" and len(data["frames"]) == 1
+    assert [r["name"] for r in data["rows"]] == [
+        "input", "Embed", "Atn0", "Res1", "MLP0", "Res2", "Atn1", "Res3", "MLP1", "Res4", "output"]
+    assert data["rows"][2]["fold"] == 3  # Q, K and V share their slots
+    assert data["modules"] and data["knockout"] is None  # no evaluator given
+    g = bimt.BioMLP([16, 9, 4], layout="grid")
+    rep = viz.report(g, evaluate=lambda m: float(m(torch.ones(1, 16)).abs().sum()))
+    assert rep.data["kind"] == "3d" and len(rep.data["rows"][0]["xy"]) == 16
+    assert rep.data["knockout"]["metric"] == "test loss"

@@ -299,7 +299,7 @@ def test_gif_frames_share_a_small_palette(tmp_path):
 
 def test_mnist_output_labels_are_drawn_above_the_edges():
     model = bimt.BioMLP([784, 100, 100, 10], layout=["grid", "grid", "grid", "ring"],
-                        freeze_input=True, output_labels=[str(d) for d in range(10)])
+                        freeze_inputs=True, output_labels=[str(d) for d in range(10)])
     fig = viz.plot_graph_3d(model, top_n=50)
     fig.canvas.draw()  # mplot3d gives the collections their depth-sorted zorder on draw
     ax = fig.axes[0]
@@ -309,7 +309,7 @@ def test_mnist_output_labels_are_drawn_above_the_edges():
 
 
 def test_pruning_frontier_x_axis_is_log_scaled():
-    from bimt.analysis import plot_pruning_frontier
+    from bimt.viz import plot_pruning_frontier
 
     fig = plot_pruning_frontier([(0, 1.0), (10, 0.1), (500, 0.01)])
     assert fig.axes[0].get_xscale() == "symlog" and fig.axes[0].get_yscale() == "log"

@@ -8,7 +8,8 @@
   :func:`plot_residual_vs_weight` - the pictures of :mod:`bimt.analysis`;
 * :func:`save_figure` - atomic PNG / SVG / ... writing;
 * :class:`GraphRecorder` and :func:`write_animation` - the graph evolving during training;
-* :func:`report` - one self-contained interactive HTML page of a run (``bimt view``).
+* :func:`report` - one self-contained interactive HTML page of a model (of a run directory:
+  :func:`bimt.view.report`, ``bimt view``).
 
 The drawing conventions (blue/red by sign, width ``|w| / max|w|`` of the layer) live in
 :mod:`bimt.viz.style`, re-exported here for other drawings to share.
@@ -23,7 +24,7 @@ from .animation import GraphRecorder, Snapshot, render_frames, snapshot, write_a
 from .graph import (
     LayeredView, layered_view, plot, plot_decision_boundary, plot_graph, plot_graph_3d, plot_spec_graph,
 )
-from .report import Report, report, write_report
+from .report import Report, report
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, normalized_weights,
     weight_collection, weight_colors, weight_linewidths,
@@ -34,7 +35,7 @@ __all__ = [
     "Figure", "plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary", "save_figure", "GraphRecorder",
     "write_animation", "Snapshot", "snapshot", "render_frames", "atomic_write", "close_figure",
     "LayeredView", "layered_view", "plot_pruning_frontier", "plot_embedding_pairs",
-    "plot_embedding_heatmap", "plot_residual_vs_weight", "report", "write_report", "Report",
+    "plot_embedding_heatmap", "plot_residual_vs_weight", "report", "Report",
     "POSITIVE_COLOR", "NEGATIVE_COLOR", "NEURON_COLOR", "MAX_LINEWIDTH", "normalized_weights",
     "weight_colors", "weight_linewidths", "weight_collection", "keep_mask",
 ]

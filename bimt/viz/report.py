@@ -16,15 +16,16 @@ strongest), as base64 of little-endian index and int8 arrays; node importances a
 the layer's maximum. Weights in tooltips are therefore within 1/254 of their layer's max|w|.
 
 Everything the page needs from a model comes from :func:`_read_network`, the one place that
-knows model types (a layered ``BioMLP``/attached Sequential via
-:func:`bimt.viz.graph.layered_view`, or a ``BioTransformer``).
+knows model types (through ``wiring_of(model).view``: a layered network via
+:func:`bimt.viz.graph.layered_view`, or a ``BioTransformer``). Reading a run directory (its
+checkpoint, history and test-set evaluator) is :mod:`bimt.view`'s job, above both ``runs`` and
+``viz``.
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import csv
 import html
 import json
 import math
@@ -34,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Report", "report", "write_report", "MAX_EDGES"]
+__all__ = ["Report", "report", "build_data", "render_html", "MAX_EDGES"]
 
 #: Most edges drawn per weight matrix and snapshot (the strongest are kept).
 MAX_EDGES = 1000
@@ -75,10 +76,14 @@ def _read_network(model) -> dict:
     """
     from ..analysis import neuron_scores
 
-    spec = model.spec
+    from ..models import wiring_of
+
+    wiring = wiring_of(model)
+    spec = wiring.spec
     rows, blocks = [], []
-    if hasattr(model, "residual_stream"):  # BioTransformer: the paper's Fig. 7 rows, every block
+    if wiring.view == "transformer":  # BioTransformer: the paper's Fig. 7 rows, every block
         kind = "transformer"
+        model = wiring.module
 
         def row(group, level, name, fold=1, offsets=(0.0,), labels=None):
             c = np.asarray(spec.groups[group].coords, dtype=float)
@@ -93,7 +98,7 @@ def _read_network(model) -> dict:
 
         io = model.input_order.detach().cpu().numpy()
         oo = model.output_order.detach().cpu().numpy()
-        r_in = row("input", 0, "input", labels=_slot_labels(model.input_labels, io, len(io)))
+        r_in = row("input", 0, "input", labels=_slot_labels(wiring.input_labels, io, len(io)))
         r_prev = row("resid", 1, "Embed")
         blocks.append(dict(name="embed", out=r_prev, inp=r_in, W=W(model.embed)))
         level = 1
@@ -113,7 +118,7 @@ def _read_network(model) -> dict:
             blocks.append(dict(name=f"blocks.{b}.mlp.fc2", out=r_res2, inp=r_mlp, W=W(blk.mlp.fc2)))
             r_prev, level = r_res2, level + 4
         r_out = row("output", level + 1, "output",
-                    labels=_slot_labels(model.output_labels, oo, len(oo)))
+                    labels=_slot_labels(wiring.output_labels, oo, len(oo)))
         blocks.append(dict(name="unembed", out=r_out, inp=r_prev, W=W(model.unembed)))
     else:  # a layered network
         from .graph import layered_view
@@ -253,7 +258,7 @@ def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report
     if snaps:
         work = copy.deepcopy(model).to("cpu")
         for s in snaps:
-            step, state = (s.step, s.state) if hasattr(s, "state") else s
+            step, state = s if isinstance(s, (tuple, list)) else (s.step, s.state)
             work.load_state_dict(state)
             f, offset = _frame(_read_network(work), step, blobs, offset)
             frames.append(f)
@@ -308,55 +313,15 @@ class Report:
         return len(self.html)
 
 
-def _read_history_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    with path.open(newline="") as fh:
-        return list(csv.DictReader(fh))
+def report(model, *, snapshots=(), history=(), metrics=None, evaluate=None, accuracy=None,
+           title="bimt report") -> Report:
+    """The interactive page of a model in memory (for a run directory: :func:`bimt.view.report`).
 
-
-def report(run, *, snapshots=None, history=None, metrics=None, evaluate=None,
-           accuracy=None, title=None) -> Report:
-    """Build the interactive report of a run directory, a ``TrainResult`` or a model.
-
-    ``bimt.viz.report("runs/two-moons-bimt-s0")`` reads the run's checkpoint (snapshots come
-    from runs trained with ``animate=True``; without them the page shows the final state),
-    ``history.csv`` and ``metrics.json``, and knocks out each module on the test set. For a
-    bare model, pass ``evaluate(module) -> float`` (and ``accuracy``) to get knock-outs.
+    ``snapshots``: ``(step, state_dict)`` pairs or :class:`Snapshot` s (the slider; without
+    them the page shows the model as it is); ``history``: evaluation rows (the curves);
+    ``evaluate(module) -> float`` (and ``accuracy``): the test metric for the knock-outs.
     """
-    if isinstance(run, (str, Path)):
-        run_dir = Path(run)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"run directory {run_dir} does not exist")
-        from ..runs import load_checkpoint, run_evaluator
-
-        model, cfg, evaluate, accuracy = run_evaluator(run_dir)
-        state = load_checkpoint(run_dir / "checkpoint.pt")
-        snapshots = state.get("snapshots", []) if snapshots is None else snapshots
-        history = state.get("history") or _read_history_csv(run_dir / "history.csv")
-        mpath = run_dir / "metrics.json"
-        metrics = json.loads(mpath.read_text()) if mpath.exists() and metrics is None else metrics
-        title = title or f"{run_dir.name}: {cfg.task} [{cfg.method}, seed {cfg.seed}]"
-    elif hasattr(run, "model") and hasattr(run, "history"):  # a TrainResult
-        model = run.model
-        snapshots = run.snapshots if snapshots is None else snapshots
-        history = run.history if history is None else history
-        metrics = run.metrics if metrics is None else metrics
-        title = title or f"{run.config.task} [{run.config.method}, seed {run.config.seed}]"
-        if evaluate is None and getattr(run, "run_dir", None) and (Path(run.run_dir) / "checkpoint.pt").exists():
-            from ..runs import run_evaluator
-
-            _, _, evaluate, accuracy = run_evaluator(run.run_dir)
-    else:
-        model = run
     model.eval()
-    data = build_data(model, snapshots or [], history or [], metrics, title or "bimt report",
+    data = build_data(model, list(snapshots or []), list(history or []), metrics, title,
                       evaluate, accuracy)
     return Report(render_html(data), data)
-
-
-def write_report(run_dir, path=None) -> Path:
-    """``RUN/report.html`` (or ``path``) for a run directory; returns the path written."""
-    run_dir = Path(run_dir)
-    rep = report(run_dir)
-    return rep.save(Path(path) if path is not None else run_dir / "report.html")

@@ -1,0 +1,57 @@
+"""The interactive report of a run directory (``bimt view RUN``): reads the run, then draws with
+:func:`bimt.viz.report.report`.
+
+Here and not in :mod:`bimt.viz` because it reads run directories (:mod:`bimt.runs`), which
+themselves draw with :mod:`bimt.viz`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .runs import load_checkpoint, run_evaluator
+from .viz.report import Report
+from .viz.report import report as _report
+
+__all__ = ["report", "write_report"]
+
+
+def _read_history_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def report(run, title: str | None = None) -> Report:
+    """The interactive page of a run directory or of a ``TrainResult`` written to one.
+
+    Snapshots come from the checkpoint (runs trained with ``animate=True``; others show the
+    final state), curves from the history, and each module is knocked out on the test set.
+    A ``TrainResult`` without a run directory is drawn from memory, without knock-outs.
+    """
+    run_dir = getattr(run, "run_dir", run)
+    if run_dir is None:  # a TrainResult kept in memory only
+        cfg = run.config
+        return _report(run.model, snapshots=run.snapshots, history=run.history,
+                       metrics=run.metrics, title=f"{cfg.task} [{cfg.method}, seed {cfg.seed}]")
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run directory {run_dir} does not exist")
+    model, cfg, evaluate, accuracy = run_evaluator(run_dir)
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    history = state.get("history") or _read_history_csv(run_dir / "history.csv")
+    mpath = run_dir / "metrics.json"
+    metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+    return _report(model, snapshots=state.get("snapshots", []), history=history, metrics=metrics,
+                   evaluate=evaluate, accuracy=accuracy,
+                   title=title or f"{run_dir.name}: {cfg.task} [{cfg.method}, seed {cfg.seed}]")
+
+
+def write_report(run_dir, path=None) -> Path:
+    """``RUN/report.html`` (or ``path``) for a run directory; returns the path written."""
+    run_dir = Path(run_dir)
+    page = report(run_dir)
+    return page.save(Path(path) if path is not None else run_dir / "report.html")
