@@ -283,8 +283,12 @@ def _train(args) -> int:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"\nbimt train: interrupted; `bimt train {config.task} --out {out} --resume` continues "
-              "the run from its last checkpoint", file=sys.stderr)
+        if (Path(out) / "checkpoint.pt").exists():
+            how = (f"`bimt train {config.task} --out {out} --resume` continues the run from its "
+                   "last checkpoint")
+        else:
+            how = "no checkpoint was written yet, so the run starts over when run again"
+        print(f"\nbimt train: interrupted; {how}", file=sys.stderr)
         return 130
     m = result.metrics
     print(_metrics_line(m))

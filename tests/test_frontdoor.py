@@ -163,3 +163,16 @@ def test_fuzz_random_configs_never_traceback(tmp_path_factory, capsys, config):
         assert err.count("\n") == 1 and err.startswith("bimt train:"), err
         if code == 2:
             assert not out.exists(), sorted(p.name for p in out.iterdir())
+
+
+def test_ctrl_c_before_any_checkpoint_says_the_run_starts_over(tmp_path, capsys, monkeypatch):
+    import bimt.train as bt
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bt, "train", interrupted)
+    code = main(["train", "two-moons", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 130
+    assert capsys.readouterr().err.strip() == (
+        "bimt train: interrupted; no checkpoint was written yet, so the run starts over when run again")
