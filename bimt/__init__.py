@@ -13,7 +13,7 @@ import importlib
 
 from . import geometry
 from .cost import ConnectionCost, CostSettings
-from .models import BioMLP, BioTransformer, Wiring, attach, wiring_of
+from .models import BioCNN, BioMLP, BioRNN, BioTransformer, Wiring, attach, wiring_of
 from .spec import Group, PermutationSpec
 from .swap import SOLVERS, SwapReport, apply_permutation, register_solver, swap_pass
 
@@ -24,7 +24,7 @@ _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "
                "task_from_function": "tasks", "register_task": "tasks"}
 
 __all__ = [
-    "BioMLP", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
+    "BioCNN", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
     "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
     "register_solver", "SOLVERS", "fit", "TrainConfig", "load_model", "Task", "task_from_arrays",
     "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",

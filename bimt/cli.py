@@ -57,7 +57,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on a task with BIMT (or an ablation)")
     t.add_argument("task", choices=sorted(TASKS), metavar="TASK",
                    help=f"one of: {', '.join(TASKS)}")
-    t.add_argument("--method", choices=METHODS, help="vanilla | l1 | l1-local | l1-swap | bimt (default)")
+    t.add_argument("--method", choices=METHODS, help="vanilla | l1 | l1-local | l1-swap | bimt (default) | sernn (RNNs)")
     t.add_argument("--seed", type=int)
     t.add_argument("--steps", type=int)
     t.add_argument("--lr", type=float)
