@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .spec import PermutationSpec, tensor
+from .spec import PermutationSpec, fold_sum, tensor
 
 __all__ = ["recurrent_weights", "recurrent_terms", "linearised", "quadratic_cost",
            "quadratic_gains", "recurrent_positions"]
@@ -55,7 +55,7 @@ def recurrent_terms(cost, module, group: str) -> list[tuple[np.ndarray, np.ndarr
             continue
         t = tensor(module, name)
         w = t.detach().abs().to("cpu", torch.float64)
-        M = w.reshape(-1, n, w.shape[1]).sum(0).reshape(n, -1, n).sum(1).numpy()
+        M = fold_sum(fold_sum(w, n, 0), n, 1).numpy()
         scale = 1.0 / t.numel() if cost.reduction == "mean" else 1.0
         D = cost.distance(module, name)[:n, :n]
         out.append(((M + M.T) * scale, D))
