@@ -114,9 +114,11 @@ def test_placement_matrix_handles_recurrent_weights():
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 9999), top_k=st.integers(1, 9), layout=st.sampled_from(["line", "grid"]))
-def test_greedy_makes_the_naive_searchs_swaps(seed, top_k, layout):
-    model = _build(dict(d_in=2, hidden=9, d_out=2, layout=layout, A=2.0, y_star=0.5), seed)
+@given(seed=st.integers(0, 9999), top_k=st.integers(1, 9), layout=st.sampled_from(["line", "grid"]),
+       cell=st.sampled_from(["elman", "gru"]))
+def test_greedy_makes_the_naive_searchs_swaps(seed, top_k, layout, cell):
+    model = _build(dict(d_in=2, hidden=9, d_out=2, layout=layout, A=2.0, y_star=0.5, cell=cell),
+                   seed)
     naive = copy.deepcopy(model)
     cost = model.wiring.connection_cost
     report = model.swap(top_k)
