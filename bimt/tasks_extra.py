@@ -67,17 +67,19 @@ def goal_inference_arrays(seed: int, n_train: int = 1000, n_test: int = 500,
 
 
 def rnn_model(d_in: int, d_out: int, layout):
-    """A builder ``make(config) -> BioRNN`` (``widths``: ``[hidden]`` or ``[d_in, hidden, d_out]``)."""
+    """A builder ``make(config) -> BioRNN``; ``widths`` is ``[hidden]`` or
+    ``[d_in, hidden, d_out]``. The hidden units take ``layout`` when their number is a square
+    (a grid), else a line."""
 
     def make(config: dict):
         from .models.rnn import BioRNN
 
         widths = config.get("widths") or [36]
-        if len(widths) == 3 and (widths[0], widths[2]) != (d_in, d_out):
-            raise ValueError(f"this task has {d_in} inputs and {d_out} outputs, got widths {widths}")
         if len(widths) not in (1, 3):
             raise ValueError(f"widths for an RNN task is [hidden] or [{d_in}, hidden, {d_out}], "
                              f"got {widths}")
+        if len(widths) == 3 and (widths[0], widths[2]) != (d_in, d_out):
+            raise ValueError(f"this task has {d_in} inputs and {d_out} outputs, got widths {widths}")
         hidden = widths[len(widths) // 2]
         side = round(hidden ** 0.5)
         hidden_layout = layout if side * side == hidden else "line"

@@ -321,3 +321,12 @@ def test_bench_times_the_rnn_and_cnn_swap():
     assert bench_task_swap("cnn-mnist", repeats=1) > 0
     table = format_table({"rnn.swap_ms": 1.0, "cnn.swap_ms": 2.0})
     assert "RNN greedy swap pass" in table and "CNN greedy swap pass" in table
+
+
+def test_rnn_task_widths():
+    with pytest.raises(ValueError, match="this task has 2 inputs and 2 outputs"):
+        bimt.fit(task="two-stream", widths=[3, 16, 2], steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"\[hidden\] or \[2, hidden, 2\]"):
+        bimt.fit(task="two-stream", widths=[16, 16], steps=1, progress=False)
+    model = bimt.fit(task="two-stream", widths=[12], steps=1, progress=False).model
+    assert model.spec.groups["hidden"].coords.shape == (12, 1)  # 12 is no square: a line
