@@ -141,8 +141,10 @@ def plot_rnn(model, ax=None, title: str | None = None, *, min_fraction: float = 
                 k = int(order[s])
                 text = labels[k] if labels is not None and k < len(labels) else \
                     f"{'x' if g == 'input' else 'y'}{k + 1}"
+                crowded = n > 6 * width  # many labels on one row: write them upright
                 ax.text(pos[g][s, 0], pos[g][s, 1] + dy, str(text), ha="center", va=va,
-                        fontsize=8, gid=gid, clip_on=False)
+                        fontsize=6 if crowded else 8, rotation=90 if crowded else 0, gid=gid,
+                        clip_on=False)
     ax.set_xlim(-0.12, width + 0.12)
     ax.set_ylim(-_ROW_GAP - 0.25, 1 + _ROW_GAP + 0.25)
     ax.set_aspect("equal")
