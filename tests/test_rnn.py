@@ -330,3 +330,17 @@ def test_rnn_task_widths():
         bimt.fit(task="two-stream", widths=[16, 16], steps=1, progress=False)
     model = bimt.fit(task="two-stream", widths=[12], steps=1, progress=False).model
     assert model.spec.groups["hidden"].coords.shape == (12, 1)  # 12 is no square: a line
+
+
+def test_rnn_and_cnn_export_keep_outputs_with_identity_orders():
+    torch.manual_seed(0)
+    rnn = bimt.BioRNN(3, 9, 2, layout="grid", A=2.0)
+    cnn = bimt.BioCNN(image=(1, 8, 8), channels=(4, 5), hidden=(6,), n_classes=3).eval()
+    rng = np.random.default_rng(0)
+    for model, x in ((rnn, torch.randn(4, 5, 3)), (cnn, torch.randn(2, 64))):
+        for g in model.spec.movable_groups():
+            model.wiring.permute(g, rng.permutation(model.spec.groups[g].size))
+        plain = model.bimt.export()
+        with torch.no_grad():
+            assert float((plain(x) - model(x)).abs().max()) <= ATOL
+        assert torch.equal(plain.output_order, torch.arange(len(plain.output_order)))
