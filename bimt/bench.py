@@ -174,6 +174,21 @@ def bench_transformer_swap(repeats: int = 20) -> float:
     return float(np.median(times))
 
 
+def bench_task_swap(task: str, repeats: int = 20) -> float:
+    """Median milliseconds of one greedy pass (the task's top-k) on a task's default model."""
+    from dataclasses import asdict
+
+    from .config import TrainConfig
+    from .tasks import get_task
+
+    cfg = TrainConfig(task=task).resolved()
+    torch.manual_seed(0)
+    model = get_task(task).make_model(asdict(cfg))
+    times = [_timed_pass(model, model.wiring.connection_cost, cfg.top_k, "greedy") * 1e3
+             for _ in range(repeats)]
+    return float(np.median(times))
+
+
 def run_benchmarks(as_json: bool = False, transformer: bool = True) -> dict:
     torch.set_num_threads(1)
     results = {}
@@ -181,6 +196,8 @@ def run_benchmarks(as_json: bool = False, transformer: bool = True) -> dict:
     results.update(bench_step())
     if transformer:
         results["transformer.swap_ms"] = bench_transformer_swap()
+        results["rnn.swap_ms"] = bench_task_swap("two-stream")  # BioRNN, 6x6 recurrent grid
+        results["cnn.swap_ms"] = bench_task_swap("cnn-mnist")  # BioCNN, conv channels
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     if as_json:
         print(json.dumps(results))
@@ -203,6 +220,8 @@ def format_table(results: dict) -> str:
         ("training step, with cost", "step.bimt_ms", "{:.3f} ms"),
         ("overhead, bimt / vanilla", "step.overhead", "{:.3f}x"),
         ("transformer greedy swap pass", "transformer.swap_ms", "{:.2f} ms"),
+        ("RNN greedy swap pass (two-stream)", "rnn.swap_ms", "{:.2f} ms"),
+        ("CNN greedy swap pass (cnn-mnist)", "cnn.swap_ms", "{:.2f} ms"),
     ]
     width = max(len(r[0]) for r in rows)
     lines = ["bimt bench (MNIST-shaped 784-100-100-10, top-k 30, A=2, y*=0.5, 1 thread)"]

@@ -141,7 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
                    help="a built-in task; bimt tasks lists them with their defaults")
     t.add_argument("--method", choices=_LazyChoices("config", "METHODS"), metavar="METHOD",
-                   help="vanilla | l1 | l1-local | l1-swap | bimt (default: bimt)")
+                   help="vanilla | l1 | l1-local | l1-swap | bimt | sernn (RNNs) (default: bimt)")
     t.add_argument("--seed", type=_seed_arg, help=f"seed number, 0 to {SEED_MAX} (default: 0)")
     t.add_argument("--steps", type=int, help=f"training steps ({task_default})")
     t.add_argument("--lr", type=float, help=f"AdamW learning rate ({task_default})")

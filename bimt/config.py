@@ -15,7 +15,7 @@ from .tasks import Task, get_task
 
 __all__ = ["TrainConfig", "METHODS", "LOSSES", "DTYPES", "milestone_schedule", "lambda_at"]
 
-METHODS = ("vanilla", "l1", "l1-local", "l1-swap", "bimt")
+METHODS = ("vanilla", "l1", "l1-local", "l1-swap", "bimt", "sernn")
 #: ``custom``: a loss function given to :func:`bimt.fit` (not stored; give it again to resume).
 LOSSES = ("mse", "ce", "custom")
 DTYPES = ("float32", "float64")

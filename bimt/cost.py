@@ -114,7 +114,7 @@ class ConnectionCost:
         self.distance_free = set(settings.distance_free)
         self._slot_distance: dict[str, np.ndarray] = {}
         for name in spec.weights():
-            out_g, in_g = (spec.groups[g] for g in spec.axes[name])
+            out_g, in_g = (spec.groups[g] for g in spec.axes[name][:2])
             if name in self.distance_free:
                 d = np.full((out_g.size, in_g.size), self.y_star)
             else:
@@ -141,6 +141,7 @@ class ConnectionCost:
         if hit is None:
             d = self._slot_distance[name]
             hit = torch.from_numpy(np.tile(d, (shape[0] // d.shape[0], shape[1] // d.shape[1])))
+            hit = hit.reshape(hit.shape + (1,) * (len(shape) - 2))  # a kernel shares its length
             self._cache[key] = hit
         return hit
 
@@ -203,12 +204,15 @@ class ConnectionCost:
 
     # -- what the swap engine needs ---------------------------------------------------------
     @torch.no_grad()
-    def placement_matrix(self, module: nn.Module, group: str) -> np.ndarray:
+    def placement_matrix(self, module: nn.Module, group: str, recurrent: bool = True) -> np.ndarray:
         """``C[j, p]``: the cost of putting the neuron now at slot ``j`` of ``group`` at slot ``p``.
 
         Only the position-dependent part is kept (terms that do not depend on where the neuron
         sits add the same constant to a row and never change which placement is best). Exact
-        while no charged tensor has both axes in ``group``.
+        while no charged tensor has both axes in ``group``. A recurrent weight (both axes in
+        ``group``) makes the cost quadratic in the placement: ``recurrent=True`` adds its
+        linearisation (neuron ``j`` at ``p`` with every other neuron where it is now, see
+        :func:`bimt.recurrent.recurrent_terms`); ``recurrent=False`` leaves it out.
         """
         n = self.spec.groups[group].size
         C = torch.zeros(n, n, dtype=torch.float64)
@@ -217,21 +221,26 @@ class ConnectionCost:
                 continue
             axes = self.spec.axes[name]
             if axes[0] == group and axes[1] == group:
-                raise NotImplementedError(
-                    f"weight {name!r} connects group {group!r} to itself (a recurrent matrix); "
-                    "its placement cost is quadratic, which the swap engine does not handle"
-                )
+                continue  # quadratic: added below (recurrent=True) or handled by the caller
             for dim in (0, 1):
                 if axes[dim] != group:
                     continue
                 w = tensor(module, name).detach().abs().to("cpu", torch.float64)
+                w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel: one pair
                 w = w if dim == 0 else w.T
                 w = fold_sum(w, n, 0)  # neurons sharing a slot act as one
                 d = self._distance64(tensor(module, name).shape, name)
+                d = d.reshape(d.shape[0], d.shape[1])
                 d = d[:n] if dim == 0 else d[:, :n].T
                 scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0
                 C += (w @ d.T) * scale
-        return C.numpy()
+        C = C.numpy()
+        if recurrent:
+            from .recurrent import linearised, recurrent_terms
+
+            for F, D in recurrent_terms(self, module, group):
+                C += linearised(F, D)
+        return C
 
     def importance(self, module: nn.Module, group: str) -> np.ndarray:
         """The paper's neuron score (see :meth:`PermutationSpec.importance`)."""

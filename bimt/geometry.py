@@ -16,9 +16,9 @@ import numpy as np
 
 from ._checks import positive_int
 
-__all__ = ["line", "grid", "ring", "layout", "pairwise_distance", "LAYOUTS"]
+__all__ = ["line", "grid", "grid3d", "ring", "layout", "pairwise_distance", "LAYOUTS"]
 
-LAYOUTS = ("line", "grid", "ring")
+LAYOUTS = ("line", "grid", "ring", "grid3d")
 
 
 def line(n: int) -> np.ndarray:
@@ -49,6 +49,28 @@ def grid(n: int | tuple[int, int]) -> np.ndarray:
     return np.stack([xs.ravel(), ys.ravel()], axis=1)
 
 
+def grid3d(n: int | tuple[int, int, int]) -> np.ndarray:
+    """A cube (or ``(a, b, c)`` box, seRNN's 5x5x4) of neurons, the outer product of three
+    lines; shape ``(n, 3)``. Neuron ``(i * b + j) * c + k`` sits at
+    ``(line(a)[i], line(b)[j], line(c)[k])``."""
+    if isinstance(n, (tuple, list)):
+        if len(n) != 3:
+            raise ValueError(f"a 3D grid needs three sides (a, b, c), got {tuple(n)}")
+        sides = [positive_int(v, "grid3d side") for v in n]
+    else:
+        n = positive_int(n, "grid3d size")
+        side = round(n ** (1 / 3))
+        if side**3 != n:
+            lo = int(n ** (1 / 3))
+            raise ValueError(
+                f"a grid3d layer needs a cube number of neurons, got {n} (nearest cubes: "
+                f"{lo ** 3} and {(lo + 1) ** 3}); pass (a, b, c) for a box such as (5, 5, 4)"
+            )
+        sides = [side] * 3
+    axes = np.meshgrid(*(line(s)[:, 0] for s in sides), indexing="ij")
+    return np.stack([a.ravel() for a in axes], axis=1)
+
+
 def ring(n: int, radius: float = 0.25, center: Sequence[float] = (0.5, 0.5)) -> np.ndarray:
     """``n`` neurons on a circle (the MNIST output layer); shape ``(n, 2)``."""
     n = positive_int(n, "ring size")
@@ -59,7 +81,8 @@ def ring(n: int, radius: float = 0.25, center: Sequence[float] = (0.5, 0.5)) -> 
 
 
 def layout(kind, n: int) -> np.ndarray:
-    """Coordinates for a layer of ``n`` neurons: 'line', 'grid', 'ring' or an ``(n, d)`` array."""
+    """Coordinates for a layer of ``n`` neurons: 'line', 'grid', 'ring', 'grid3d' or an ``(n, d)``
+    array."""
     if isinstance(kind, str):
         if kind == "line":
             return line(n)
@@ -67,6 +90,8 @@ def layout(kind, n: int) -> np.ndarray:
             return grid(n)
         if kind == "ring":
             return ring(n)
+        if kind == "grid3d":
+            return grid3d(n)
         raise ValueError(f"unknown layout {kind!r}; allowed: {', '.join(LAYOUTS)} or an (n, d) array")
     coords = np.asarray(kind, dtype=np.float64)
     if coords.ndim == 1:

@@ -79,7 +79,9 @@ class PermutationSpec:
 
     ``axes`` maps a parameter or buffer name (as in ``module.named_parameters()``) to one entry
     per tensor axis: a group name or ``None``. ``charges`` maps parameter names to one of
-    :data:`CHARGE_KINDS`; tensors not listed there are permuted but cost nothing. ``free``
+    :data:`CHARGE_KINDS`; tensors not listed there are permuted but cost nothing. A ``weight`` has
+    axes ``(out group, in group)``, or ``(out, in, None, None)`` for a convolution: its kernel
+    entries all span the same pair of channels. ``free``
     names the module's parameters and buffers that no group indexes on purpose (a shared
     PReLU slope, a step counter); :meth:`check` refuses any other tensor the table forgets.
     """
@@ -112,10 +114,11 @@ class PermutationSpec:
             axes = self.axes.get(name)
             if axes is None:
                 raise ValueError(f"charged tensor {name!r} is missing from the axes table")
-            if kind == "weight" and (len(axes) != 2 or None in axes):
+            if kind == "weight" and (len(axes) < 2 or None in axes[:2]
+                                     or any(a is not None for a in axes[2:])):
                 raise ValueError(
-                    f"tensor {name!r} is charged as a weight, so both of its axes need a group; "
-                    f"got {axes}"
+                    f"tensor {name!r} is charged as a weight, so both of its axes need a group "
+                    f"(a convolution's kernel axes, after them, none); got {axes}"
                 )
 
     def axes_of(self, group: str) -> list[tuple[str, int]]:

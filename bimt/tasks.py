@@ -444,3 +444,28 @@ register_task(Task(
 ))
 # For the transformer, `widths` is [d_model]. The loss is the MSE of y at the query position,
 # the quantity the paper reports (the first x position cannot know w).
+
+
+# -- beyond the paper: BioRNN and BioCNN tasks (data and models in bimt/tasks_extra.py) ------
+from . import tasks_extra as _extra  # noqa: E402
+
+
+def _from_arrays(make):
+    return lambda seed, data_dir=None: Data(*make(seed))
+
+
+register_task(Task(
+    "two-stream", "BioRNN: running sum of stream a and delayed copy of stream b (modular by "
+    "construction)", "regression", _from_arrays(_extra.two_stream_arrays),
+    _extra.rnn_model(2, 2, "grid"), _extra.TWO_STREAM_DEFAULTS,
+))
+register_task(Task(
+    "goal-inference", "BioRNN: remember a goal cell on a 3x3 grid, then choose the move that "
+    "reaches it (after seRNN's one-step inference task)", "classification",
+    _from_arrays(_extra.goal_inference_arrays), _extra.rnn_model(18, 4, "grid"),
+    _extra.GOAL_INFERENCE_DEFAULTS, predict=lambda out: out[:, -1],
+))
+register_task(Task(
+    "cnn-mnist", "MNIST digits with a small CNN whose channels are neurons (same data as mnist)",
+    "classification", _mnist, _extra.cnn_model, _extra.CNN_MNIST_DEFAULTS,
+))

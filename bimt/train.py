@@ -10,7 +10,11 @@ l1         yes                 0            no
 l1-local   yes                 A            no
 l1-swap    yes                 0            yes (judged with A)
 bimt       yes                 A            yes
+sernn      yes (seRNN's term)  A            no
 =========  ==================  ===========  =====
+
+``sernn`` charges recurrent weights with seRNN's ``|W| * D * communicability`` and everything
+else as ``bimt`` (see :mod:`bimt.communicability`).
 
 The cost's gradient ``lambda * d * sign(w)`` is added to ``.grad`` directly (see
 :meth:`ConnectionCost.add_grad_`); its value is computed only when logged. A run directory
@@ -242,8 +246,11 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     swaps = cfg.method in ("l1-swap", "bimt")
     local_cost = wiring.connection_cost  # what the run is charged (reported as connection_cost)
     grad_settings = settings.replace(A=0.0) if cfg.method in ("l1", "l1-swap") else settings
-    grad_cost = ConnectionCost(spec, grad_settings)
-    grad_cost_no_bias = ConnectionCost(spec, grad_settings.replace(bias=False))
+    cost_class = ConnectionCost
+    if cfg.method == "sernn":
+        from .communicability import CommunicabilityCost as cost_class
+    grad_cost = cost_class(spec, grad_settings)
+    grad_cost_no_bias = cost_class(spec, grad_settings.replace(bias=False))
     # swaps are judged by the full local cost: a distance-free layer only shapes the gradient
     # (as in the reference code, so MNIST's output ring can still rearrange its classes)
     swap_cost = ConnectionCost(spec, settings.replace(distance_free=()))

@@ -156,13 +156,23 @@ def test_placement_matrix_predicts_permutation_delta(cfg, data):
     assert after - before == pytest.approx(predicted, rel=1e-9, abs=1e-9 * max(1.0, abs(before)))
 
 
-def test_placement_matrix_recurrent_weight_refused():
+def test_placement_matrix_recurrent_weight_linearised():
+    # a recurrent weight's placement cost is quadratic; the matrix holds its linearisation
+    # (neuron j at slot p, every other neuron in place; see tests/test_rnn.py)
     groups = {"h": bimt.Group("h", geometry.line(3))}
     spec = bimt.PermutationSpec(groups, {"w": ("h", "h")}, {"w": "weight"})
     module = torch.nn.Module()
     module.w = torch.nn.Parameter(torch.randn(3, 3))
-    with pytest.raises(NotImplementedError, match="'w' connects group 'h' to itself"):
-        ConnectionCost(spec).placement_matrix(module, "h")
+    cost = ConnectionCost(spec, A=1.0, y_star=0.0)
+    C = cost.placement_matrix(module, "h")
+    W = module.w.detach().abs().double().numpy()
+    D = cost.distance(module, "w")
+    F = W + W.T
+    for j in range(3):
+        for p in range(3):
+            own = sum(F[j, c] * D[p, c] for c in range(3) if c != j) + W[j, j] * D[p, p]
+            assert C[j, p] == pytest.approx(own)
+    assert np.all(cost.placement_matrix(module, "h", recurrent=False) == 0)
 
 
 def test_importance_is_summed_abs_weights_with_folds():

@@ -10,7 +10,8 @@ a ``(module, spec)`` pair works too. One module per concept:
 * :mod:`.intervene` - knock-outs and zeroed weights (App. C, Fig. 5);
 * :mod:`.probes` - neurons that carry a quantity, token embeddings, the in-context residual
   stream (Figs. 5-7);
-* :mod:`.report` - :func:`summary`, one digest.
+* :mod:`.report` - :func:`summary`, one digest;
+* :mod:`.paths` - which output a path of kept weights reaches from which input.
 
 Neurons are named by *position*: ``(group name, slot)``, e.g. ``("layer1", 3)``. Slots are
 positions, not identities: after swaps, input or output slot ``s`` holds input
@@ -26,6 +27,7 @@ from .graph import (
     module_slots, neuron_scores, tree_roots, weight_graph,
 )
 from .intervene import intervene, knockout_table
+from .paths import depends_only_on, input_output_paths
 from .probes import (
     activations, best_neuron, embedding_matrix, in_context_weights, neuron_correlation,
     residual_vs_weight,
@@ -38,6 +40,6 @@ __all__ = [
     "find_modules", "module_slots", "tree_roots", "neuron_scores", "active_neurons",
     "pruning_frontier", "intervene", "knockout_table",
     "activations", "neuron_correlation", "best_neuron", "embedding_matrix",
-    "in_context_weights", "residual_vs_weight", "summary",
+    "in_context_weights", "residual_vs_weight", "summary", "input_output_paths", "depends_only_on",
     "MODULE_THRESHOLD", "ACTIVE_THRESHOLD",
 ]

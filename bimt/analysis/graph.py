@@ -62,10 +62,11 @@ def _slot_matrix(spec: PermutationSpec, module: nn.Module, name: str,
 
     With ``threshold > 0``, entries below ``threshold * max|W|`` are dropped first.
     """
-    out_g, in_g = spec.axes[name]
+    out_g, in_g = spec.axes[name][:2]
     w = tensor(module, name).detach().abs().to("cpu", torch.float64)
     if threshold > 0 and w.numel():
         w = torch.where(w >= threshold * w.max(), w, torch.zeros_like(w))
+    w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel joins one channel pair
     return fold_sum(fold_sum(w, spec.groups[out_g].size, 0), spec.groups[in_g].size, 1).numpy()
 
 
@@ -106,7 +107,7 @@ def weight_graph(model, threshold: float = 0.0) -> nx.Graph:
     index = {node: i for i, node in enumerate(nodes)}
     lo_all, hi_all, w_all = [], [], []
     for name in spec.weights():
-        out_g, in_g = spec.axes[name]
+        out_g, in_g = spec.axes[name][:2]
         w = _slot_matrix(spec, module, name, threshold)
         r, c = np.nonzero(w)
         a = index[(out_g, 0)] + r

@@ -33,6 +33,10 @@ ELEMENTWISE = (
     nn.ReLU6, nn.PReLU, nn.Identity, nn.Dropout, nn.AlphaDropout,
 )
 
+#: Per-feature normalisation layers: permutation-equivariant, their parameters and running
+#: statistics move with the features they normalise.
+NORMS = (nn.BatchNorm1d, nn.LayerNorm)
+
 INPUT_ORDER = "bimt_input_order"
 OUTPUT_ORDER = "bimt_output_order"
 
@@ -47,8 +51,10 @@ class Wiring:
     the plain module back.
 
     ``view`` names the picture: ``"layered"`` (2D graph of a chain of layers), ``"layered3d"``
-    (grids and rings), ``"transformer"`` (the paper's Fig. 7) or ``"graph"`` (any spec: groups
-    stacked by depth). ``probes`` maps a name (``"hidden"``, ``"residual_stream"``) to a method
+    (grids and rings), ``"transformer"`` (the paper's Fig. 7), ``"graph"`` (any spec: groups
+    stacked by depth), ``"rnn"`` (a recurrent group at its positions, :mod:`bimt.viz.rnn`) or
+    ``"channels"`` (a chain of conv and linear layers, one line per channel pair,
+    :func:`bimt.viz.graph.plot_channels`). ``probes`` maps a name (``"hidden"``, ``"residual_stream"``) to a method
     of the module that analysis may call with inputs.
     """
 
@@ -208,7 +214,7 @@ class WiredModule(nn.Module):
         return self.bimt.plot(ax=ax, **kw)
 
 
-VIEWS = ("layered", "layered3d", "transformer", "graph")
+VIEWS = ("layered", "layered3d", "transformer", "graph", "rnn", "channels")
 
 
 def default_view(spec: PermutationSpec) -> str:
@@ -218,7 +224,7 @@ def default_view(spec: PermutationSpec) -> str:
     feeds: dict[str, int] = {}
     fed: dict[str, int] = {}
     for n in weights:
-        out_g, in_g = spec.axes[n]
+        out_g, in_g = spec.axes[n][:2]
         feeds[in_g] = feeds.get(in_g, 0) + 1
         fed[out_g] = fed.get(out_g, 0) + 1
     chain = bool(weights) and all(v == 1 for v in feeds.values()) and all(v == 1 for v in fed.values()) \
@@ -265,10 +271,12 @@ def sequential_spec(
     """The spec of a Sequential of ``nn.Linear`` and elementwise layers: one group per layer."""
     if not isinstance(module, nn.Sequential):
         raise TypeError(f"expected an nn.Sequential, got {type(module).__name__}")
-    linears, free = [], []
+    linears, free, norms = [], [], []
     for i, layer in enumerate(module):
         if isinstance(layer, nn.Linear):
             linears.append((f"{prefix}{i}", layer))
+        elif isinstance(layer, NORMS):
+            norms.append((f"{prefix}{i}", layer, len(linears)))  # normalises layer len(linears)
         elif isinstance(layer, ELEMENTWISE):
             free += [f"{prefix}{i}.{n}" for n, _ in layer.named_parameters()]
             if isinstance(layer, nn.PReLU) and layer.num_parameters != 1:
@@ -279,7 +287,7 @@ def sequential_spec(
         else:
             raise ValueError(
                 f"layer {i} ({type(layer).__name__}) cannot be handled: bimt derives specs for "
-                "nn.Linear and elementwise activations "
+                "nn.Linear, BatchNorm1d, LayerNorm and elementwise activations "
                 f"({', '.join(c.__name__ for c in ELEMENTWISE[:6])}, ...); "
                 "write a PermutationSpec for other layers"
             )
@@ -303,11 +311,33 @@ def sequential_spec(
         if lin.bias is not None:
             axes[f"{name}.bias"] = (f"layer{i + 1}",)
             charges[f"{name}.bias"] = "bias"
+    for name, norm, layer in norms:
+        free += _norm_axes(axes, name, norm, f"layer{layer}", widths[layer])
     if input_order:
         axes[input_order] = ("layer0",)
     if output_order:
         axes[output_order] = (f"layer{len(widths) - 1}",)
     return PermutationSpec(groups, axes, charges, free=free)
+
+
+def _norm_axes(axes: dict, name: str, norm: nn.Module, group: str, width: int) -> list[str]:
+    """Axes of a BatchNorm1d / LayerNorm over ``width`` features of ``group``; returns its
+    tensors that no group indexes (BatchNorm's step counter)."""
+    if isinstance(norm, nn.LayerNorm):
+        if tuple(norm.normalized_shape) != (width,):
+            raise ValueError(
+                f"layer {name} (LayerNorm{tuple(norm.normalized_shape)}) must normalise the "
+                f"{width} features of {group}, and only them"
+            )
+    elif norm.num_features != width:
+        raise ValueError(f"layer {name} (BatchNorm1d({norm.num_features})) follows {width} features")
+    free = []
+    for t, value in [*norm.named_parameters(), *norm.named_buffers()]:
+        if value.dim() == 1:
+            axes[f"{name}.{t}"] = (group,)
+        else:
+            free.append(f"{name}.{t}")
+    return free
 
 
 def _per_layer(layout, n_layers: int) -> list:

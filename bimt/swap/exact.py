@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..recurrent import recurrent_positions, recurrent_weights
 from .greedy import solve as greedy_solve
 from .core import REL_TOL, PassState
 
@@ -15,6 +16,11 @@ __all__ = ["solve", "exact_positions"]
 def solve(state: PassState) -> None:
     greedy_solve(state)
     for g in state.groups:
+        if recurrent_weights(state.spec, g):  # QAP: assignment if it helps, greedy to convergence
+            score = state.cost.importance(state.tensors, g)
+            pos, swaps = recurrent_positions(state.cost, state.tensors, g, score, exact=True)
+            state.commit(g, pos, swaps)
+            continue
         C = state.cost.placement_matrix(state.tensors, g)
         # a hair's preference for staying put, so neurons whose placements cost the same
         # (dead ones, say) are not shuffled for nothing

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..recurrent import recurrent_positions, recurrent_weights
 from .core import REL_TOL, PassState
 
 __all__ = ["solve", "greedy_positions"]
@@ -13,9 +14,12 @@ __all__ = ["solve", "greedy_positions"]
 def solve(state: PassState) -> None:
     """Greedy moves on every group in turn, each judged with the others' current places."""
     for g in state.groups:
-        C = state.cost.placement_matrix(state.tensors, g)
         score = state.cost.importance(state.tensors, g)
-        pos, swaps = greedy_positions(C, score, state.top_k, state.spec.groups[g].heads)
+        if recurrent_weights(state.spec, g):  # quadratic placement cost: exact pairwise deltas
+            pos, swaps = recurrent_positions(state.cost, state.tensors, g, score, state.top_k)
+        else:
+            C = state.cost.placement_matrix(state.tensors, g)
+            pos, swaps = greedy_positions(C, score, state.top_k, state.spec.groups[g].heads)
         state.commit(g, pos, swaps)
 
 

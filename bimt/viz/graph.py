@@ -33,7 +33,7 @@ from .style import (
 )
 
 __all__ = ["plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary",
-           "LayeredView", "layered_view"]
+           "LayeredView", "layered_view", "channel_view", "plot_channels"]
 
 #: Above this many weights in total, ``plot_graph`` skips weights below 1e-3 of their layer's
 #: max (they are far thinner than a pixel anyway) unless ``min_fraction`` says otherwise.
@@ -137,9 +137,15 @@ def layered_view(model) -> LayeredView:
 
 
 def plot(model, ax=None, **kw) -> Figure:
-    """Draw a model in its wiring's view (``layered``, ``layered3d``, ``transformer``, ``graph``);
-    returns the Figure. What ``model.plot()`` and ``wiring.plot()`` call."""
+    """Draw a model in its wiring's view (``layered``, ``layered3d``, ``transformer``, ``graph``,
+    ``rnn``, ``channels``); returns the Figure. What ``model.plot()`` and ``wiring.plot()`` call."""
     wiring = wiring_of(model)
+    if wiring.view == "rnn":
+        from .rnn import plot_rnn
+
+        return plot_rnn(wiring, ax=ax, **kw)
+    if wiring.view == "channels":
+        return plot_channels(wiring, ax=ax, **kw)
     if wiring.view == "transformer":
         from .transformer import plot_transformer_graph
 
@@ -277,7 +283,7 @@ def plot_graph(
 
     Grid and ring layers are drawn in slot order along x; use :func:`plot_graph_3d` for them.
     """
-    view = layered_view(model)
+    view = model if isinstance(model, LayeredView) else layered_view(model)
     sizes, folds = view.sizes, view.folds
     if min_fraction is None:
         min_fraction = 1e-3 if sum(W.size for W in view.weights) > BIG_MODEL_WEIGHTS else 0.0
@@ -432,7 +438,7 @@ def plot_graph_3d(
     widths relative to the layer's max, so the MNIST model renders in about a second.
     Outputs are labelled (following ``output_order``); inputs only when there are few.
     """
-    view = layered_view(model)
+    view = model if isinstance(model, LayeredView) else layered_view(model)
     sizes, folds = view.sizes, view.folds
     pts = []
     for i, (c, f) in enumerate(zip(view.coords, folds)):
@@ -585,3 +591,46 @@ def plot_decision_boundary(
     if title is not None:
         ax.set_title(title)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# The channel graph of a convolutional network (the ``channels`` view, bimt.BioCNN): one row per
+# group, one line per pair of neurons; a conv kernel ``w[o, i, :, :]`` and all the spatial
+# positions (folds) a channel feeds into the first linear layer are summed into one signed
+# number, drawn as plot_graph draws a layer's weight.
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def channel_view(model) -> LayeredView:
+    """The network as a :class:`LayeredView` of slot-to-slot matrices (kernels and folds
+    summed); its charged weights must form one chain of groups."""
+    wiring = wiring_of(model)
+    module, spec = wiring.module, wiring.spec
+    nxt = {spec.axes[n][1]: n for n in spec.weights()}
+    outs = {spec.axes[n][0] for n in spec.weights()}
+    starts = [g for g in nxt if g not in outs]
+    if len(starts) != 1 or len(nxt) != len(spec.weights()):
+        raise ValueError("the channels view draws a chain of layers; this spec's weights are not one")
+    names, mats = [starts[0]], []
+    while names[-1] in nxt:
+        name = nxt[names[-1]]
+        out_g, in_g = spec.axes[name][:2]
+        if out_g in names:
+            raise ValueError("the model's weights form a cycle; the channels view cannot draw it")
+        W = tensor(module, name).detach().to("cpu", torch.float64)
+        W = W.reshape(W.shape[0], W.shape[1], -1).sum(2)  # over the kernel
+        W = fold_sum(fold_sum(W, spec.groups[out_g].size, 0), spec.groups[in_g].size, 1)
+        mats.append(W.numpy())
+        names.append(out_g)
+
+    def order(group):
+        t = wiring.order(group)
+        return None if t is None else t.detach().cpu().numpy().astype(np.int64)
+
+    return LayeredView(names, [spec.groups[g].coords for g in names], [1] * len(names), mats,
+                       order(names[0]), order(names[-1]), wiring.input_labels,
+                       wiring.output_labels, False)
+
+
+def plot_channels(model, ax=None, **kw) -> Figure:
+    """Draw the channel graph (see the module docstring); ``kw`` go to :func:`plot_graph`."""
+    return plot_graph(channel_view(model), ax=ax, **kw)
