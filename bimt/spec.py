@@ -143,8 +143,8 @@ class PermutationSpec:
             for dim, g in enumerate(self.axes[name]):
                 if g != group:
                     continue
-                w = fold_sum(tensor(module, name).detach().abs().to("cpu", torch.float64), n, dim)
-                score += w.movedim(dim, 0).reshape(n, -1).sum(1)
+                w = tensor(module, name).detach().abs().to("cpu", torch.float64).movedim(dim, 0)
+                score += fold_sum(w, n, 0).reshape(n, -1).sum(1)
         return score.numpy()
 
     def interface(self) -> dict[str, str]:
@@ -244,6 +244,8 @@ def tensor(module, name: str) -> torch.Tensor:
 def fold_sum(w: torch.Tensor, n: int, dim: int) -> torch.Tensor:
     """``w`` with axis ``dim`` (``fold * n`` neurons, neuron ``f * n + s`` at slot ``s``) summed
     over its folds: that axis becomes ``n`` long, one entry per slot."""
+    if w.shape[dim] == n:  # one neuron per slot: nothing to add up
+        return w
     w = w.movedim(dim, 0)
     return w.reshape(-1, n, *w.shape[1:]).sum(0).movedim(0, dim)
 
