@@ -171,6 +171,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", metavar="DIR",
                    help="also log scalars and the graph for TensorBoard in DIR (default: off)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--force", action="store_true",
+                   help="replace what --out holds (another run, or files that are not a run's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
@@ -278,7 +280,8 @@ def _train(args) -> int:
     out = args.out or f"runs/{config.task}-{config.method}-s{config.seed}"
     extra = {"tensorboard": args.tensorboard} if args.tensorboard else {}
     try:
-        result = train(config, out=out, resume=args.resume, progress=not args.quiet, **extra)
+        result = train(config, out=out, resume=args.resume, progress=not args.quiet,
+                       force=args.force, **extra)
     except TrainingDiverged as e:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1

@@ -11,11 +11,14 @@ weights into a fresh instance you pass.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import json
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +35,94 @@ from .tasks import get_task
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "write_history_csv", "write_metrics",
     "write_plots", "spec_to_dict", "spec_from_dict", "WeightsOnly", "MODULE_TASK", "targets",
-    "analyze_run", "run_evaluator",
+    "analyze_run", "run_evaluator", "claim_run_dir", "RunDirBusy", "RUN_FILES",
 ]
 
 #: The ``task`` of a run that trained a user's module (``bimt.fit(model=...)``).
 MODULE_TASK = "module"
 FORMAT = "bimt-checkpoint-1"
+
+
+#: What a run (and ``bimt analyze`` / ``bimt view`` on it) writes into its directory.
+RUN_FILES = (
+    "config.json", "resolved_config.json", "metrics.json", "history.csv", "checkpoint.pt",
+    "graph.png", "graph.svg", "decision_boundary.png", "evolution.gif", "analysis.json",
+    "analysis.md", "pruning_frontier.png", "pruning_frontier.csv", "knockout.md", "report.html",
+)
+LOCK_NAME = ".bimt.lock"
+
+
+class RunDirBusy(ValueError):
+    """Another process is writing the run directory."""
+
+
+# -- claiming a run directory -------------------------------------------------------------
+@contextlib.contextmanager
+def claim_run_dir(run_dir, config: dict, *, resume: bool = False, force: bool = False):
+    """Hold ``run_dir`` for one writer while a run writes it.
+
+    An advisory lock (``flock``; the kernel drops it when the holder dies, even by ``kill -9``)
+    refuses a second writer, naming the holder. Temporary files a killed writer left behind
+    are removed. A fresh (not resumed) run refuses a directory that holds another run or
+    files that are not a run's, unless ``force``; the previous run's files are then removed,
+    so no stale analysis or figure survives next to the new run. If the run fails before it
+    wrote anything, a directory it created is removed again.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"the run directory {run_dir} is a file; choose another --out")
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / LOCK_NAME
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            raise RunDirBusy(f"{run_dir} is being written by {holder}; wait for it to finish "
+                             "or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        for tmp in run_dir.glob(".*.tmp"):  # left by a writer that was killed mid-write
+            tmp.unlink(missing_ok=True)
+        if not resume:
+            _check_fresh(run_dir, config, force)
+        try:
+            yield run_dir
+        except BaseException:
+            if created and not any(p.name != LOCK_NAME for p in run_dir.iterdir()):
+                lock_path.unlink(missing_ok=True)
+                run_dir.rmdir()
+            raise
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _check_fresh(run_dir: Path, config: dict, force: bool) -> None:
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK_NAME]
+    if not entries:
+        return
+    foreign = sorted(p.name for p in entries if p.name not in RUN_FILES)
+    previous = None
+    if (run_dir / "config.json").exists():
+        try:
+            previous = json.loads((run_dir / "config.json").read_text())
+        except (OSError, ValueError):
+            previous = None
+    same = previous == json.loads(json.dumps(config, default=str))
+    if not force:
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise ValueError(f"{run_dir} holds files that are not a bimt run's ({shown}); "
+                             "choose another --out, or pass --force (force=True) to write there")
+        if not same:
+            what = (f"a run of {previous.get('task')} [{previous.get('method')}, seed "
+                    f"{previous.get('seed')}]" if isinstance(previous, dict) else "another run")
+            raise ValueError(f"{run_dir} already holds {what}; pass --resume to continue it, "
+                             "--force (force=True) to replace it, or choose another --out")
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
 
 
 # -- checkpoint ----------------------------------------------------------------------------

@@ -42,8 +42,8 @@ from .cost import ConnectionCost, CostSettings
 from .fileio import write_json
 from .models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
-    MODULE_TASK, _n_outputs, load_checkpoint, load_model, save_checkpoint, spec_from_dict, targets,
-    wiring_record,
+    MODULE_TASK, _n_outputs, claim_run_dir, load_checkpoint, load_model, save_checkpoint,
+    spec_from_dict, targets, wiring_record,
     write_history_csv, write_metrics, write_plots,
 )
 from .swap import swap_pass
@@ -80,6 +80,7 @@ def train(
     model: nn.Module | None = None,
     data=None,
     tensorboard: str | os.PathLike | None = None,
+    force: bool = False,
     **overrides,
 ) -> TrainResult:
     """Train one model; with ``out``, write the run directory there.
@@ -96,8 +97,10 @@ def train(
 
     ``resume=True`` continues from ``out/checkpoint.pt`` with the config saved there (for your
     own module: pass the same ``model`` class, fresh, and ``data`` again), and gives exactly the
-    numbers an uninterrupted run would. ``tensorboard=DIR`` also logs to TensorBoard
-    (:mod:`bimt.tblog`).
+    numbers an uninterrupted run would; settings that differ from the saved ones are refused.
+    A run directory is held by one writer at a time, and a fresh run refuses a directory that
+    holds another run unless ``force=True`` (:func:`bimt.runs.claim_run_dir`).
+    ``tensorboard=DIR`` also logs to TensorBoard (:mod:`bimt.tblog`).
     """
     task, loss_fn = None, None
     if callable(overrides.get("loss")):
@@ -118,14 +121,23 @@ def train(
                          "bimt.task_from_arrays(...)")
     if isinstance(config, dict):
         config = TrainConfig.from_dict(config)
+    asked = _asked_for(config, overrides)
     config = dataclasses.replace(config or TrainConfig(), **overrides) if overrides else (config or TrainConfig())
     run_dir = Path(out) if out is not None else None
     checkpoint = None
     if resume:
         if run_dir is None:
             raise ValueError("resume needs the run directory (out=...)")
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"the run directory {run_dir} does not exist; nothing to resume")
         checkpoint = load_checkpoint(run_dir / "checkpoint.pt")
-        config = TrainConfig.from_dict(checkpoint["config"])
+        saved = TrainConfig.from_dict(checkpoint["config"])
+        differ = [f"{k}={getattr(config, k)!r} (the run has {getattr(saved, k)!r})"
+                  for k in asked if getattr(config, k) != getattr(saved, k)]
+        if differ:
+            raise ValueError(f"--resume continues {run_dir} with its saved settings, which differ "
+                             f"from the ones given: {'; '.join(differ)}")
+        config = saved
         if config.task == MODULE_TASK and model is None:
             raise ValueError(f"{run_dir} trained your own module: resume with fit(model=<a fresh "
                              "instance>, data=<the same data>, out=..., resume=True)")
@@ -147,9 +159,25 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn, tensorboard)
+        if run_dir is None:
+            return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn, tensorboard)
+        with claim_run_dir(run_dir, dataclasses.asdict(config), resume=resume, force=force):
+            return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn,
+                          tensorboard)
     finally:
         torch.set_num_threads(threads)
+
+
+def _asked_for(config, overrides: dict) -> list[str]:
+    """The config fields the caller set explicitly (compared with a resumed run's own)."""
+    fields = set(overrides) - {"task"} if "task" in overrides and overrides["task"] == MODULE_TASK \
+        else set(overrides)
+    if isinstance(config, TrainConfig):
+        default = TrainConfig()
+        fields |= {f.name for f in dataclasses.fields(config)
+                   if getattr(config, f.name) != getattr(default, f.name)}
+        fields.add("task")
+    return sorted(fields)
 
 
 def _with_settings_of(config: TrainConfig, wiring) -> TrainConfig:
@@ -268,8 +296,13 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     snapshots: list = []
     elapsed = 0.0
     if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        try:
+            model.load_state_dict(checkpoint["model"])
+            optimizer.load_state_dict(checkpoint["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"{run_dir / 'checkpoint.pt'} does not fit the model its config "
+                             f"builds ({first})") from None
         step, history, elapsed = checkpoint["step"], checkpoint["history"], checkpoint["wall_s"]
         snapshots = checkpoint.get("snapshots", [])
         torch.set_rng_state(checkpoint["rng"]["torch"])

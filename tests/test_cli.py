@@ -259,7 +259,7 @@ def test_resume_continues_an_interrupted_run(capsys, tmp_path, monkeypatch):
 def test_resume_without_checkpoint(capsys, tmp_path):
     err = run_error(capsys, "train", "two-moons", "--out", str(tmp_path / "none"), "--resume",
                     "--quiet")
-    assert "no checkpoint" in err
+    assert "does not exist" in err
 
 
 # -- plot ----------------------------------------------------------------------------------------

@@ -298,7 +298,7 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path):
 def test_resume_needs_a_run_dir_with_a_checkpoint(tmp_path):
     with pytest.raises(ValueError, match="out="):
         train(task="two-moons", steps=2, resume=True, **QUIET)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         train(out=tmp_path / "empty", resume=True, **QUIET)
 
 
