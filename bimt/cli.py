@@ -46,6 +46,8 @@ def _milestones_arg(text: str):
 def _build_parser() -> argparse.ArgumentParser:
     from .tasks import TASKS
     from .train import METHODS
+    from .devices import DEVICE_CHOICES
+    from .reproduce import BACKENDS
     from .swap import swap_modes
 
     p = _Parser(prog="bimt", description="Brain-Inspired Modular Training")
@@ -80,6 +82,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--animate", action="store_true", default=None, help="also write evolution.gif")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--device", choices=DEVICE_CHOICES,
+                   help="cpu (default), cuda or auto; under torchrun each rank uses its own GPU")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
     pl.add_argument("run_dir")
@@ -97,9 +101,16 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2)
     r.add_argument("--out", default="reproduction")
     r.add_argument("--data-dir")
+    r.add_argument("--backend", choices=BACKENDS, default="batched",
+                   help="batched (default): all runs of an MLP task as one stacked model; "
+                        "processes: one run per worker")
+    r.add_argument("--device", choices=DEVICE_CHOICES)
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    b.add_argument("--device", choices=DEVICE_CHOICES)
+    b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
+    b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
     return p
 
 
@@ -150,11 +161,17 @@ def _train(args) -> int:
             base[key] = value
     config = TrainConfig.from_dict(base)
     out = args.out or f"runs/{config.task}-{config.method}-s{config.seed}"
+    from .distributed import init_from_env, is_main
+
+    init_from_env(args.device)  # under torchrun: data-parallel over its ranks
     try:
-        result = train(config, out=out, resume=args.resume, progress=not args.quiet)
+        result = train(config, out=out, resume=args.resume, progress=not args.quiet and is_main(),
+                       device=args.device)
     except TrainingDiverged as e:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1
+    if not is_main():
+        return 0
     m = result.metrics
     print(_metrics_line(m))
     print(f"wrote {out}/: config.json metrics.json history.csv checkpoint.pt graph.png graph.svg"
@@ -196,7 +213,8 @@ def _reproduce(args) -> int:
     reproduce(
         tasks=args.tasks.split(",") if args.tasks else None,
         methods=args.methods.split(","), seeds=args.seeds, workers=args.workers,
-        out=args.out, steps=args.steps, data_dir=args.data_dir,
+        out=args.out, steps=args.steps, data_dir=args.data_dir, backend=args.backend,
+        device=args.device,
     )
     return 0
 
@@ -204,7 +222,11 @@ def _reproduce(args) -> int:
 def _bench(args) -> int:
     from .bench import run_benchmarks
 
-    run_benchmarks(as_json=args.json)
+    if args.batched_seeds <= 0 or args.batched_steps <= 0:
+        raise ValueError("--batched-seeds and --batched-steps must be positive, got "
+                         f"{args.batched_seeds} and {args.batched_steps}")
+    run_benchmarks(as_json=args.json, device=args.device, batched_seeds=args.batched_seeds,
+                   batched_steps=args.batched_steps)
     return 0
 
 
