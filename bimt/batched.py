@@ -33,16 +33,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TrainConfig, lambda_at
 from .devices import resolve_device
 from .fileio import write_json
 from .models import BioMLP
+from .models.wiring import wiring_of
+from .runs import (
+    _n_outputs, load_checkpoint, save_checkpoint, targets, write_history_csv, write_metrics,
+    write_plots,
+)
 from .spec import fold_index
 from .swap import swap_pass
 from .tasks import Task, get_task
 from .train import (
-    TrainConfig, TrainingDiverged, TrainResult, _optimizer, _progress, _snapshot, _targets,
-    build_run, final_metrics, lambda_at, load_checkpoint, run_costs, save_checkpoint,
-    write_history_csv, write_plots,
+    TrainingDiverged, TrainResult, _optimizer, _progress, build_run, final_metrics, run_costs,
 )
 
 __all__ = ["fit", "fit_many", "StackedMLP", "MEMBER_FIELDS"]
@@ -222,7 +226,8 @@ class _FusedAdamWStep:
             len(optimizer.param_groups) == 1 and group.get("fused") is True
             and not group.get("amsgrad") and not group.get("maximize")
             and not group.get("capturable") and not group.get("differentiable")
-            and group.get("decoupled_weight_decay", True) and hasattr(torch, "_fused_adamw_")
+            and group.get("decoupled_weight_decay", True)
+            and getattr(torch, "_fused_adamw_", None) is not None
         )
 
     def __call__(self) -> None:
@@ -280,14 +285,14 @@ def _group_key(cfg: TrainConfig, start_step: int) -> tuple:
 
 # -- the public calls ------------------------------------------------------------------------
 def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True,
-        device=None, seeds=None, methods=None, **overrides):
-    """``bimt.fit``: one run (a :class:`TrainResult`), or with ``seeds`` / ``methods`` a list of
-    them trained as one stacked model (see :func:`fit_many`)."""
+        *, device=None, seeds=None, methods=None, **overrides):
+    """``bimt.fit``: one run, a :class:`TrainResult` (see :func:`bimt.train.train`, which also
+    takes ``model=`` and ``data=``), or with ``seeds`` / ``methods`` a list of them trained as
+    one stacked model (see :func:`fit_many`)."""
     if seeds is None and methods is None:
         from .train import train
 
-        return train(config, out=out, resume=resume, progress=progress, plots=plots,
-                     device=device, **overrides)
+        return train(config, out, resume, progress, plots, device=device, **overrides)
     return fit_many(config, seeds=seeds, methods=methods, out=out, resume=resume,
                     progress=progress, plots=plots, device=device, **overrides)
 
@@ -398,7 +403,7 @@ def _run_dirs(configs, out) -> list[Path | None]:
 def _finished(m: _Member, task_obj) -> TrainResult:
     import json
 
-    from .train import load_model
+    from .runs import load_model
 
     model, cfg = load_model(m.run_dir)
     state = load_checkpoint(m.run_dir / "checkpoint.pt")
@@ -436,10 +441,10 @@ def _train_stack(members: list[_Member], task: Task, device, progress, plots) ->
             m.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(m.run_dir / "config.json", dataclasses.asdict(m.config))
     views = [stack.member_views(s) for s in range(S)]
-    spec = members[0].model.spec
+    spec = wiring_of(members[0].model).spec
 
     X_tr = torch.stack([m.data.X_train for m in members])
-    y_tr = torch.stack([_targets(m.data.y_train, m.cfg, m.model) for m in members])
+    y_tr = torch.stack([_targets(m, m.data.y_train) for m in members])
     n_train = X_tr.shape[1]
     full_batch = cfg0.batch_size is None or cfg0.batch_size >= n_train
     rows = torch.arange(S, device=X_tr.device).unsqueeze(1)
@@ -505,16 +510,21 @@ def _train_stack(members: list[_Member], task: Task, device, progress, plots) ->
         _load_member(stack, optimizer, m, s)
         loss_fn = nn.MSELoss() if m.cfg.loss == "mse" else nn.CrossEntropyLoss()
         predict = task.predict or (lambda o: o)
-        metrics = final_metrics(m.model, m.data, m.cfg, task, loss_fn, predict, m.costs["local"], wall)
+        metrics = final_metrics(m.model, m.data, m.cfg, task, loss_fn, predict, m.costs["local"],
+                                wall, _n_outputs(wiring_of(m.model)))
         metrics["batched_members"] = S
         result = TrainResult(m.model, metrics, m.history, m.cfg, m.data, m.run_dir, m.snapshots)
         if m.run_dir is not None:
             write_history_csv(m.run_dir / "history.csv", m.history)
             if plots:
                 write_plots(result)
-            write_json(m.run_dir / "metrics.json", metrics)  # last: it marks the run complete
+            write_metrics(m.run_dir, metrics)  # last: it marks the run complete
         results.append(result)
     return results
+
+
+def _targets(m: _Member, y: torch.Tensor) -> torch.Tensor:
+    return targets(y, m.cfg.loss, m.model, _n_outputs(wiring_of(m.model)))
 
 
 def _grad_terms(stack: StackedMLP, members: list[_Member]) -> list[tuple]:
@@ -582,7 +592,7 @@ def _evaluate(stack, members, views, losses, lams, step, start, task) -> None:
     for split in ("train", "test"):
         X = torch.stack([getattr(m.data, f"X_{split}") for m in members])
         y = torch.stack([getattr(m.data, f"y_{split}") for m in members])
-        target = torch.stack([_targets(getattr(m.data, f"y_{split}"), m.cfg, m.model) for m in members])
+        target = torch.stack([_targets(m, getattr(m.data, f"y_{split}")) for m in members])
         out = _chunked(stack, X)
         split_losses = _member_losses(out, target, members[0].cfg.loss)
         for s in range(len(members)):
