@@ -106,6 +106,21 @@ def _build_parser() -> argparse.ArgumentParser:
                         "processes: one run per worker")
     r.add_argument("--device", choices=DEVICE_CHOICES)
 
+    w = sub.add_parser("sweep", help="a grid of settings x seeds: table and Pareto plot")
+    w.add_argument("task", choices=sorted(TASKS), metavar="TASK", help=f"one of: {', '.join(TASKS)}")
+    w.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="a TrainConfig field and its values (repeat: A=0.5,1 --grid lambda=1e-3,1e-2)")
+    w.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
+    w.add_argument("--steps", type=int)
+    w.add_argument("--objective", default="modularity",
+                   help="test_loss | test_acc | modularity | connection_cost | train_loss")
+    w.add_argument("--minimize", action="store_true", help="minimise the objective (default: maximise)")
+    w.add_argument("--constraint", help="e.g. test_loss<=0.01: trials that break it are infeasible")
+    w.add_argument("--backend", choices=("local", "ray"), default="local")
+    w.add_argument("--address", help="an existing Ray cluster (ray backend)")
+    w.add_argument("--out", default="sweep")
+    w.add_argument("--quiet", action="store_true")
+
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
     b.add_argument("--device", choices=DEVICE_CHOICES)
@@ -230,8 +245,25 @@ def _bench(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers (0,1,2)") from None
+    fixed = {} if args.steps is None else {"steps": args.steps}
+    rows = sweep(args.task, parse_grid(args.grid), seeds, objective=args.objective,
+                 maximize=not args.minimize, constraint=args.constraint, backend=args.backend,
+                 address=args.address, out=args.out, progress=not args.quiet, **fixed)
+    print(Path(args.out, "sweep.md").read_text())
+    print(f"wrote {args.out}/: sweep.csv sweep.md sweep.json pareto.png ({len(rows)} trials)")
+    return 0
+
+
 _COMMANDS = {"tasks": _tasks, "train": _train, "plot": _plot, "analyze": _analyze,
-             "reproduce": _reproduce, "bench": _bench}
+             "reproduce": _reproduce, "bench": _bench,
+             "sweep": _sweep}
 
 if __name__ == "__main__":
     sys.exit(main())
