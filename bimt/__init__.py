@@ -12,7 +12,7 @@ import importlib
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("analysis", "bench", "geometry", "reproduce", "runs", "tasks", "train", "view", "viz")
+_LAZY_MODULES = ("analysis", "batched", "bench", "geometry", "reproduce", "runs", "tasks", "train", "view", "viz")
 _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
                "task_from_function": "tasks", "register_task": "tasks",
                "ConnectionCost": "cost", "CostSettings": "cost", "BioMLP": "models", "BioRNN": "models", "BioCNN": "models",
@@ -24,14 +24,16 @@ _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "
 __all__ = [
     "BioCNN", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
     "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
-    "register_solver", "SOLVERS", "fit", "TrainConfig", "load_model", "Task", "task_from_arrays",
+    "register_solver", "SOLVERS", "fit", "fit_many", "TrainConfig", "load_model", "Task", "task_from_arrays",
     "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",
 ]
 
 
 def __getattr__(name):
-    if name == "fit":  # ``bimt.fit(task=..., steps=...)``: the trainer, by a name that is not its module's
-        return importlib.import_module(".train", __name__).train
+    if name == "fit":  # ``bimt.fit(task=..., steps=...)``: the trainer (with ``seeds=[...]``, batched)
+        return importlib.import_module(".batched", __name__).fit
+    if name == "fit_many":
+        return importlib.import_module(".batched", __name__).fit_many
     if name in _LAZY_MODULES:
         return importlib.import_module(f".{name}", __name__)
     if name in _LAZY_NAMES:

@@ -6,6 +6,7 @@
   the MNIST-shaped model. Our greedy pass must reach the naive pass's permutations exactly.
 * step: one training step (forward, loss, backward, AdamW; batch 100) with and without the
   connection cost, as the trainer does it.
+* batched: S seeds of symbolic (a) trained one after another, and as one stacked model.
 """
 
 from __future__ import annotations
@@ -128,16 +129,41 @@ def _timed_pass(model, cost, top_k, mode) -> float:
     return time.perf_counter() - t0
 
 
-def bench_step(steps: int = 300, batch: int = 100) -> dict:
+def bench_batched(seeds: int = 5, steps: int = 2000, device=None, repeats: int = 2) -> dict:
+    """S seeds of symbolic (a) (bimt method, float32, one thread): trained one after another
+    by ``bimt.train``, and as one stack by ``bimt.batched``; same steps, evaluations, swaps and
+    final metrics on both sides, timed in turns so machine load hits both alike."""
+    from .batched import fit_many
+    from .train import train
+
+    kw = dict(task="symbolic-independence", steps=steps, progress=False, plots=False,
+              device=device)
+    fit_many(seeds=[0], **dict(kw, steps=20))  # imports and first-call costs off the clock
+    sequential, batched = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(seeds):
+            train(seed=s, **kw)
+        sequential.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fit_many(seeds=list(range(seeds)), **kw)
+        batched.append(time.perf_counter() - t0)
+    seq, bat = min(sequential), min(batched)
+    return {"batched.seeds": seeds, "batched.steps": steps, "batched.sequential_s": seq,
+            "batched.batched_s": bat, "batched.speedup": seq / bat}
+
+
+def bench_step(steps: int = 300, batch: int = 100, device=None) -> dict:
     from .train import _optimizer, TrainConfig
 
     g = torch.Generator().manual_seed(0)
-    X = torch.rand(batch * 10, 784, generator=g)
+    X = torch.rand(batch * 10, 784, generator=g).to(device)
     y = torch.randint(10, (batch * 10,), generator=g)
-    target = nn.functional.one_hot(y, 10).float()
+    target = nn.functional.one_hot(y, 10).float().to(device)
+    sync = torch.cuda.synchronize if X.is_cuda else (lambda: None)
 
     def timed(with_cost: bool) -> float:
-        model = mnist_shaped_model()
+        model = mnist_shaped_model().to(device)
         cost = ConnectionCost(model.spec, A=2.0, y_star=0.5, reduction="mean",
                               distance_free=[model.spec.weights()[-1]])
         opt = _optimizer(model, TrainConfig(lr=1e-3))
@@ -151,6 +177,7 @@ def bench_step(steps: int = 300, batch: int = 100) -> dict:
             if with_cost:
                 cost.add_grad_(model, 1e-2)
             opt.step()
+            sync()
             times.append(time.perf_counter() - t0)
         return float(np.median(times[steps // 5:]))
 
@@ -189,15 +216,22 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
     return float(np.median(times))
 
 
-def run_benchmarks(as_json: bool = False, transformer: bool = True) -> dict:
+def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
+                   batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000) -> dict:
+    from .devices import resolve_device
+
+    device = resolve_device(device)
     torch.set_num_threads(1)
     results = {}
     results.update(bench_swap())
-    results.update(bench_step())
+    results.update(bench_step(device=device))
     if transformer:
         results["transformer.swap_ms"] = bench_transformer_swap()
         results["rnn.swap_ms"] = bench_task_swap("two-stream")  # BioRNN, 6x6 recurrent grid
         results["cnn.swap_ms"] = bench_task_swap("cnn-mnist")  # BioCNN, conv channels
+    if batched:
+        results.update(bench_batched(batched_seeds, batched_steps, device=device))
+    results["device"] = str(device or "cpu")
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     if as_json:
         print(json.dumps(results))
@@ -222,6 +256,10 @@ def format_table(results: dict) -> str:
         ("transformer greedy swap pass", "transformer.swap_ms", "{:.2f} ms"),
         ("RNN greedy swap pass (two-stream)", "rnn.swap_ms", "{:.2f} ms"),
         ("CNN greedy swap pass (cnn-mnist)", "cnn.swap_ms", "{:.2f} ms"),
+        ("symbolic (a) seeds, one after another vs stacked", "batched.seeds", "{}"),
+        ("  trained one after another", "batched.sequential_s", "{:.2f} s"),
+        ("  trained as one stack (bimt.batched)", "batched.batched_s", "{:.2f} s"),
+        ("  speed-up, sequential / batched", "batched.speedup", "{:.1f}x"),
     ]
     width = max(len(r[0]) for r in rows)
     lines = ["bimt bench (MNIST-shaped 784-100-100-10, top-k 30, A=2, y*=0.5, 1 thread)"]

@@ -174,6 +174,8 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true",
                    help="replace what --out holds (another run, or files that are not a run's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE",
+                   help="cpu (default), cuda or auto; under torchrun each rank uses its own GPU")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
     pl.add_argument("run_dir")
@@ -199,9 +201,34 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2, help="parallel processes")
     r.add_argument("--out", default="reproduction", help="output directory")
     r.add_argument("--data-dir", help="MNIST files (default: the built-in subset)")
+    r.add_argument("--backend", choices=_LazyChoices("reproduce", "BACKENDS"), metavar="BACKEND",
+                   default="batched",
+                   help="batched: all runs of an MLP task as one stacked model; "
+                        "processes: one run per worker")
+    r.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE", help="cpu | cuda | auto (default: cpu)")
+
+    w = sub.add_parser("sweep", help="a grid of settings x seeds: table and Pareto plot")
+    w.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
+                   help="a built-in task; bimt tasks lists them")
+    w.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
+                   help="a TrainConfig field and its values (repeat: --grid A=0.5,1 --grid lambda=1e-3,1e-2)")
+    w.add_argument("--seeds", default="0", help="comma-separated seed numbers")
+    w.add_argument("--steps", type=int, help="training steps (default: the task's)")
+    w.add_argument("--objective", default="modularity",
+                   help="test_loss | test_acc | modularity | connection_cost | train_loss")
+    w.add_argument("--minimize", action="store_true", help="minimise the objective (default: maximise)")
+    w.add_argument("--constraint", help="e.g. test_loss<=0.01: trials that break it are infeasible")
+    w.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: stacked runs in this process; ray: Ray Tune")
+    w.add_argument("--address", help="an existing Ray cluster (ray backend)")
+    w.add_argument("--out", default="sweep", help="output directory")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    b.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE")
+    b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
+    b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
     return p
 
 
@@ -278,10 +305,13 @@ def _train(args) -> int:
             base[key] = value
     config = TrainConfig.from_dict(base)
     out = args.out or f"runs/{config.task}-{config.method}-s{config.seed}"
+    from .distributed import init_from_env, is_main
+
+    init_from_env(args.device)  # under torchrun: data-parallel over its ranks
     extra = {"tensorboard": args.tensorboard} if args.tensorboard else {}
     try:
-        result = train(config, out=out, resume=args.resume, progress=not args.quiet,
-                       force=args.force, **extra)
+        result = train(config, out=out, resume=args.resume, progress=not args.quiet and is_main(),
+                       force=args.force, device=args.device, **extra)
     except TrainingDiverged as e:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1
@@ -293,6 +323,8 @@ def _train(args) -> int:
             how = "no checkpoint was written yet, so the run starts over when run again"
         print(f"\nbimt train: interrupted; {how}", file=sys.stderr)
         return 130
+    if not is_main():
+        return 0
     m = result.metrics
     print(_metrics_line(m))
     print(f"wrote {out}/: config.json metrics.json history.csv checkpoint.pt graph.png graph.svg"
@@ -350,7 +382,8 @@ def _reproduce(args) -> int:
         methods=args.methods.split(","),
         seeds=args.seeds if args.seeds is not None else (args.n_seeds if args.n_seeds is not None else 5),
         workers=args.workers,
-        out=args.out, steps=args.steps, data_dir=args.data_dir,
+        out=args.out, steps=args.steps, data_dir=args.data_dir, backend=args.backend,
+        device=args.device,
     )
     return 0
 
@@ -358,12 +391,32 @@ def _reproduce(args) -> int:
 def _bench(args) -> int:
     from .bench import run_benchmarks
 
-    run_benchmarks(as_json=args.json)
+    if args.batched_seeds <= 0 or args.batched_steps <= 0:
+        raise ValueError("--batched-seeds and --batched-steps must be positive, got "
+                         f"{args.batched_seeds} and {args.batched_steps}")
+    run_benchmarks(as_json=args.json, device=args.device, batched_seeds=args.batched_seeds,
+                   batched_steps=args.batched_steps)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import parse_grid, sweep
+
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers (0,1,2)") from None
+    fixed = {} if args.steps is None else {"steps": args.steps}
+    rows = sweep(args.task, parse_grid(args.grid), seeds, objective=args.objective,
+                 maximize=not args.minimize, constraint=args.constraint, backend=args.backend,
+                 address=args.address, out=args.out, progress=not args.quiet, **fixed)
+    print(Path(args.out, "sweep.md").read_text())
+    print(f"wrote {args.out}/: sweep.csv sweep.md sweep.json pareto.png ({len(rows)} trials)")
     return 0
 
 
 _COMMANDS = {"tasks": _tasks, "train": _train, "plot": _plot, "view": _view, "analyze": _analyze,
-             "reproduce": _reproduce, "bench": _bench}
+             "reproduce": _reproduce, "bench": _bench, "sweep": _sweep}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,7 +3,8 @@
 Each run is an ordinary run directory under ``OUT/runs/TASK/METHOD-sSEED``; a run whose
 ``metrics.json`` exists is skipped and one with only a checkpoint is resumed, so an interrupted
 reproduction picks up where it stopped. Workers are separate processes with one torch thread
-each.
+each; with the default batched backend a worker trains all runs of one MLP task as one stacked
+model (:mod:`bimt.batched`).
 """
 
 from __future__ import annotations
@@ -86,15 +87,57 @@ def _run_one(job: dict) -> dict:
     resume = (run_dir / "checkpoint.pt").exists()
     config = TrainConfig(task=job["task"], method=job["method"], seed=job["seed"],
                          steps=job.get("steps"), data_dir=job.get("data_dir"))
-    return train(config, out=run_dir, resume=resume, progress=False).metrics
+    return train(config, out=run_dir, resume=resume, progress=False,
+                 device=job.get("device")).metrics
+
+
+def _run_job(job: dict) -> tuple[list[dict], float]:
+    """A job (one run, or a stack of runs of one task): its runs' metrics and its wall time."""
+    start = time.perf_counter()
+    if "stack" not in job:
+        return [_run_one(job)], time.perf_counter() - start
+    import torch
+
+    torch.set_num_threads(1)
+    from .batched import fit_many
+    from .train import TrainConfig
+
+    runs = job["stack"]
+    configs = [TrainConfig(task=r["task"], method=r["method"], seed=r["seed"],
+                           steps=r.get("steps"), data_dir=r.get("data_dir")) for r in runs]
+    results = fit_many(configs, out=[r["run_dir"] for r in runs], resume=True, progress=False,
+                       device=job.get("device"))
+    return [r.metrics for r in results], time.perf_counter() - start
+
+
+BACKENDS = ("batched", "processes")
+
+
+def _stackable(task_name: str) -> bool:
+    """Whether the task's model is a BioMLP (which ``bimt.batched`` stacks)."""
+    import dataclasses
+
+    from .models import BioMLP
+    from .tasks import get_task
+    from .train import TrainConfig
+
+    task = get_task(task_name)
+    cfg = TrainConfig(task=task_name).resolved(task)
+    return isinstance(task.make_model(dataclasses.asdict(cfg)), BioMLP)
 
 
 def reproduce(
     tasks=None, methods=("vanilla", "l1", "bimt"), seeds: int = 5, workers: int = 2,
     out: str | os.PathLike = "reproduction", steps: int | None = None, data_dir=None,
-    progress: bool = True,
+    progress: bool = True, backend: str = "batched", device=None,
 ) -> list[dict]:
-    """Run the grid, then write results.csv, table1.md, table2.md and one figure per task."""
+    """Run the grid, then write results.csv, table1.md, table2.md and one figure per task.
+
+    ``backend="batched"`` trains all methods and seeds of an MLP task as one stacked model
+    (:mod:`bimt.batched`), one task per worker; the transformer's runs, and every run with
+    ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
+    time, and ``job_s``: each task's summed job wall times.
+    """
     from tqdm.auto import tqdm
 
     from .tasks import get_task
@@ -111,37 +154,52 @@ def reproduce(
     if not seed_list or min(seed_list) < 0 or workers <= 0:
         raise ValueError(f"seeds (a count > 0 or seed numbers >= 0) and workers (> 0) are needed, "
                          f"got seeds={seeds}, workers={workers}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
+    device = None if device is None else str(device)
     out = Path(out)
-    jobs = [
-        dict(task=t, method=m, seed=s, steps=steps, data_dir=data_dir,
+    runs = [
+        dict(task=t, method=m, seed=s, steps=steps, data_dir=data_dir, device=device,
              run_dir=str(out / "runs" / t / f"{m}-s{s}"))
         for t in tasks for m in methods for s in seed_list
     ]
+    jobs = []
+    for t in tasks:
+        mine = [r for r in runs if r["task"] == t]
+        if backend == "batched" and _stackable(t):
+            jobs.append(dict(task=t, stack=mine, device=device))
+        else:
+            jobs.extend(mine)
     # longest first, so the slow tasks do not end up alone at the end
-    jobs.sort(key=lambda j: -_expected_cost(j["task"]))
+    jobs.sort(key=lambda j: -_expected_cost(j["task"]) * (len(j["stack"]) / 4 if "stack" in j else 1))
     start = time.perf_counter()
-    results = []
-    with tqdm(total=len(jobs), desc="reproduce", unit="run", disable=not progress) as bar:
+    results, job_s = [], {t: 0.0 for t in tasks}
+    with tqdm(total=len(runs), desc="reproduce", unit="run", disable=not progress) as bar:
+        def done(job, metrics, seconds):
+            results.extend(metrics)
+            job_s[job["task"]] += seconds
+            what = f"{len(metrics)} runs" if "stack" in job else f"{job['method']} s{job['seed']}"
+            bar.set_postfix_str(f"{job['task']} {what}")
+            bar.update(len(metrics))
+
         if workers == 1:
             for job in jobs:
-                results.append(_run_one(job))
-                bar.update(1)
+                done(job, *_run_job(job))
         else:
             import multiprocessing as mp
 
             with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-                futures = {pool.submit(_run_one, job): job for job in jobs}
+                futures = {pool.submit(_run_job, job): job for job in jobs}
                 for future in as_completed(futures):
-                    results.append(future.result())
-                    job = futures[future]
-                    bar.set_postfix_str(f"{job['task']} {job['method']} s{job['seed']}")
-                    bar.update(1)
+                    done(futures[future], *future.result())
     wall = time.perf_counter() - start
     results.sort(key=lambda r: (tasks.index(r["task"]), list(methods).index(r["method"]), r["seed"]))
     write_results(out, results, tasks, list(methods))
     write_json(out / "reproduction.json", {
         "tasks": tasks, "methods": list(methods), "seeds": seed_list, "workers": workers,
         "steps_override": steps, "wall_s": round(wall, 1), "cpu_count": os.cpu_count(),
+        "backend": backend, "device": device or "cpu",
+        "job_s": {t: round(v, 1) for t, v in job_s.items()},
     })
     for t in tasks:
         try:

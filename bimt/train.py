@@ -39,6 +39,7 @@ from torch import nn
 from .analysis.graph import modularity
 from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
 from .cost import ConnectionCost, CostSettings
+from .devices import resolve_device
 from .fileio import write_json
 from .models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
@@ -81,6 +82,7 @@ def train(
     data=None,
     tensorboard: str | os.PathLike | None = None,
     force: bool = False,
+    device: str | torch.device | None = None,
     **overrides,
 ) -> TrainResult:
     """Train one model; with ``out``, write the run directory there.
@@ -101,6 +103,9 @@ def train(
     A run directory is held by one writer at a time, and a fresh run refuses a directory that
     holds another run unless ``force=True`` (:func:`bimt.runs.claim_run_dir`).
     ``tensorboard=DIR`` also logs to TensorBoard (:mod:`bimt.tblog`).
+    numbers an uninterrupted run would. ``device``: ``cpu`` (default), ``cuda``, ``cuda:1`` or
+    ``auto``. Under ``torchrun`` (a process group is running) the run is data-parallel: see
+    :mod:`bimt.distributed`.
     """
     task, loss_fn = None, None
     if callable(overrides.get("loss")):
@@ -159,11 +164,15 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
+        from .distributed import local_device
+
+        device = local_device(resolve_device(device))
         if run_dir is None:
-            return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn, tensorboard)
+            return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn,
+                          tensorboard, device)
         with claim_run_dir(run_dir, dataclasses.asdict(config), resume=resume, force=force):
             return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn,
-                          tensorboard)
+                          tensorboard, device)
     finally:
         torch.set_num_threads(threads)
 
@@ -230,6 +239,7 @@ class _Batches:
             return self.X, self.y
         self._gen.manual_seed(self.seed * 1_000_003 + step)
         idx = torch.randint(n, (self.batch_size,), generator=self._gen)
+        idx = idx.to(self.X.device)
         return self.X[idx], self.y[idx]
 
     def _from_loader(self, step: int):
@@ -249,16 +259,21 @@ class _Batches:
         return xb, yb
 
 
-def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=None,
-           tensorboard=None) -> TrainResult:
+def build_run(cfg: TrainConfig, task: Task, device=None) -> tuple[nn.Module, Data]:
+    """The seeded model and data of a resolved config, as the trainer starts them.
+
+    Shared with the batched trainer (``bimt.batched``), so a seed gets the same data and
+    initialisation however it is trained.
+    """
     _seed_everything(cfg.seed)
     data = dataclasses.replace(task.make_data(cfg.seed, cfg.data_dir))
     model = task.make_model(dataclasses.asdict(cfg))
     wiring = wiring_of(model)
-    if cfg.dtype != "float32":
+    if cfg.dtype != "float32" or device is not None:
         dtype = getattr(torch, cfg.dtype)
-        model = model.to(dtype)
-        cast = lambda t: t.to(dtype) if torch.is_tensor(t) and t.is_floating_point() else t
+        model = model.to(device=device, dtype=dtype)
+        cast = lambda t: (t.to(device=device, dtype=dtype if t.is_floating_point() else t.dtype)
+                          if torch.is_tensor(t) else t)
         data.X_train, data.y_train = cast(data.X_train), cast(data.y_train)
         data.X_test, data.y_test = cast(data.X_test), cast(data.y_test)
     if wiring.input_labels is None and data.input_labels is not None:
@@ -266,9 +281,14 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     if wiring.output_labels is None and data.output_labels is not None:
         wiring.output_labels = data.output_labels
     _check_top_k(wiring.spec, cfg)
-    optimizer = _optimizer(model, cfg)
+    return model, data
 
-    # the run's costs, all derived from the model's own settings
+
+def run_costs(model, cfg: TrainConfig) -> dict:
+    """The costs a run uses, all derived from the model's own settings: ``local`` (reported),
+    ``grad`` / ``grad_no_bias`` (its gradient; ``None`` for vanilla), ``swap`` (judges swaps;
+    ``None`` when the method never swaps) and ``bias_from`` (the step biases start paying)."""
+    wiring = wiring_of(model)
     spec, settings = wiring.spec, wiring.settings
     charged = cfg.method != "vanilla"
     swaps = cfg.method in ("l1-swap", "bimt")
@@ -282,7 +302,27 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     # swaps are judged by the full local cost: a distance-free layer only shapes the gradient
     # (as in the reference code, so MNIST's output ring can still rearrange its classes)
     swap_cost = ConnectionCost(spec, settings.replace(distance_free=()))
-    bias_from = int(round(cfg.bias_free_fraction * cfg.steps))
+    return dict(local=local_cost, grad=grad_cost if charged else None,
+                grad_no_bias=grad_cost_no_bias if charged else None,
+                swap=swap_cost if swaps else None,
+                bias_from=int(round(cfg.bias_free_fraction * cfg.steps)))
+
+
+def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=None,
+           tensorboard=None, device=None) -> TrainResult:
+    from . import distributed
+
+    model, data = build_run(cfg, task, device)
+    wiring = wiring_of(model)
+    optimizer = _optimizer(model, cfg)
+    spec = wiring.spec
+    costs = run_costs(model, cfg)
+    charged, swaps = costs["grad"] is not None, costs["swap"] is not None
+    local_cost, grad_cost, grad_cost_no_bias = costs["local"], costs["grad"], costs["grad_no_bias"]
+    swap_cost, bias_from = costs["swap"], costs["bias_from"]
+    ddp = distributed.wrap(model)  # the model itself unless torch.distributed is running
+    if not distributed.is_main():
+        run_dir = None  # one rank writes the run directory
 
     loss_fn = custom_loss or (nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss())
     predict = task.predict or (lambda o: o)
@@ -315,7 +355,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
         snapshots.append(_snapshot(model, 0))
 
     tb = None
-    if tensorboard is not None:
+    if tensorboard is not None and distributed.is_main():
         from .tblog import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)
@@ -325,9 +365,12 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     while step < cfg.steps:
         xb, yb = batches(step)
         if batches.loader is not None:
+            if device is not None:  # a DataLoader's batches come on the CPU
+                xb, yb = xb.to(device), yb.to(device)
             yb = targets(yb, cfg.loss, model, n_out)
+        xb, yb = distributed.shard(xb, yb)  # this rank's part of the batch (all of it alone)
         optimizer.zero_grad(set_to_none=False)
-        loss = loss_fn(predict(model(xb)), yb)
+        loss = loss_fn(predict(ddp(xb)), yb)
         loss.backward()
         lam = lambda_at(cfg.lambda_schedule, step, cfg.steps) if charged else 0.0
         if lam:
@@ -335,7 +378,8 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
         optimizer.step()
         step += 1
         if swaps and step % cfg.swap_every == 0:
-            swapped = swap_pass(model, spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
+            swapper = distributed.swap_pass if distributed.active() else swap_pass
+            swapped = swapper(model, spec, swap_cost, cfg.top_k, cfg.swap_mode, optimizer)
             if tb is not None:
                 tb.swaps(step, swapped)
         if cfg.animate and step % snapshot_every == 0:

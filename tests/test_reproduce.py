@@ -41,9 +41,26 @@ def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
         raise AssertionError("a finished run was trained again")
 
     monkeypatch.setattr("bimt.train.train", no_training)
+    monkeypatch.setattr("bimt.batched._train_stack", no_training)
     again = rep.reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla", "bimt"],
                           seeds=2, workers=1, out=out, steps=30, progress=False)
     assert sorted(r["seed"] for r in again) == sorted(r["seed"] for r in rows)
+
+
+def test_reproduce_backends_agree_and_record_wall_time(tmp_path):
+    kw = dict(tasks=["symbolic-independence"], methods=["vanilla", "bimt"], seeds=2, workers=1,
+              steps=30, progress=False)
+    stacked = reproduce(out=tmp_path / "b", backend="batched", **kw)
+    separate = reproduce(out=tmp_path / "p", backend="processes", **kw)
+    for a, b in zip(stacked, separate):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        assert a["batched_members"] == 4 and "batched_members" not in b
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-4)  # float32 rounding
+    summary = json.loads((tmp_path / "b" / "reproduction.json").read_text())
+    assert summary["backend"] == "batched" and summary["wall_s"] > 0
+    assert summary["job_s"]["symbolic-independence"] > 0
+    with pytest.raises(ValueError, match="unknown backend 'gpu'"):
+        reproduce(out=tmp_path / "x", backend="gpu", **kw)
 
 
 def test_reproduce_rejects_unknown_names(tmp_path):
