@@ -175,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="replace what --out holds (another run, or files that are not a run's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE",
-                   help="cpu (default), cuda or auto; under torchrun each rank uses its own GPU")
+                   help="cpu, cuda or auto; under torchrun each rank uses its own GPU (default: cpu)")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
     pl.add_argument("run_dir")
@@ -217,16 +217,17 @@ def _build_parser() -> argparse.ArgumentParser:
     w.add_argument("--objective", default="modularity",
                    help="test_loss | test_acc | modularity | connection_cost | train_loss")
     w.add_argument("--minimize", action="store_true", help="minimise the objective (default: maximise)")
-    w.add_argument("--constraint", help="e.g. test_loss<=0.01: trials that break it are infeasible")
+    w.add_argument("--constraint", help="e.g. test_loss<=0.01: trials that break it are infeasible (default: none)")
     w.add_argument("--backend", choices=("local", "ray"), default="local",
                    help="local: stacked runs in this process; ray: Ray Tune")
-    w.add_argument("--address", help="an existing Ray cluster (ray backend)")
+    w.add_argument("--address", help="an existing Ray cluster, ray backend (default: a local Ray)")
     w.add_argument("--out", default="sweep", help="output directory")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    b.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE")
+    b.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE",
+                   help="cpu | cuda | auto (default: cpu)")
     b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
     b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
     return p

@@ -164,10 +164,10 @@ def train(
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
-        from .distributed import local_device
+        from .distributed import is_main, local_device
 
         device = local_device(resolve_device(device))
-        if run_dir is None:
+        if run_dir is None or not is_main():  # one rank writes (and holds) the run directory
             return _train(cfg, config, task, run_dir, checkpoint, progress, plots, loss_fn,
                           tensorboard, device)
         with claim_run_dir(run_dir, dataclasses.asdict(config), resume=resume, force=force):
