@@ -352,7 +352,7 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
         MODULE_THRESHOLD, find_modules, knockout_table, module_slots, pruning_frontier, summary,
         tree_roots,
     )
-    from .analysis.graph import _letters
+    from .analysis.graph import NONZERO_REL, _letters
 
     run_dir = Path(run_dir)
     model, cfg, run_evaluate, accuracy = run_evaluator(run_dir, model)
@@ -375,7 +375,9 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
              f"- modules (threshold {MODULE_THRESHOLD} of each tensor's max |w|): {report['n_modules']}"
              f" of sizes {report['module_sizes']}",
              f"- active neurons per layer: {report['active_neurons']}",
-             f"- nonzero charged parameters: {report['n_nonzero']} of {report['n_params']}",
+             f"- nonzero parameters (above {NONZERO_REL:g} of their tensor's largest |x|): "
+             f"{report['n_nonzero_total']} of {report['n_params_total']} (as metrics.json); "
+             f"charged by the cost: {report['n_nonzero']} of {report['n_params']}",
              f"- test loss: {test_loss}"]
     if prune:
         frontier = pruning_frontier(model, evaluate)
@@ -395,8 +397,9 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
         rows = knockout_table(model, modules, metric)
         report["knockout"] = rows
         name = "test accuracy" if accuracy else "test loss"
-        table = [f"| module | neurons | {name} |", "|---|---|---|"]
-        table += [f"| {r['module']} | {r['n_neurons']} | {r['metric']:.4g} |" for r in rows]
+        table = [f"| module | neurons | which (layer: slots) | {name} |", "|---|---|---|---|"]
+        table += [f"| {r['module']} | {r['n_neurons']} | {_slots_text(modules.get(r['module']))} "
+                  f"| {r['metric']:.4g} |" for r in rows]
         atomic_write_bytes(run_dir / "knockout.md", ("\n".join(table) + "\n").encode())
         lines += ["", "## Knock-outs", "", *table]
     write_json(run_dir / "analysis.json", report)
@@ -404,3 +407,12 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     if echo:
         print("\n".join(lines))
     return report
+
+
+def _slots_text(neurons) -> str:
+    """A module's neurons for a table cell: ``layer1: 0, 3; layer2: 5``."""
+    from .analysis import module_slots
+
+    if not neurons:
+        return "-"
+    return "; ".join(f"{g}: {', '.join(map(str, slots))}" for g, slots in module_slots(neurons).items())

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analysis.graph import modularity
+from .analysis.graph import count_nonzero, modularity
 from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
 from .cost import ConnectionCost, CostSettings
 from .devices import resolve_device
@@ -528,7 +528,7 @@ def final_metrics(model, data, cfg, task, loss_fn, predict, cost, wall: float, n
         "train_acc": row["train_acc"], "test_acc": row["test_acc"],
         "connection_cost": row["connection_cost"], "modularity": q,
         "n_params": int(sum(p.numel() for p in params)),
-        "n_nonzero_params": int(sum((p.abs() > 1e-3 * p.abs().max()).sum() for p in params if p.numel())),
+        "n_nonzero_params": count_nonzero(params),
         "wall_s": round(wall, 3), "data_source": data.source,
     }
 

@@ -85,7 +85,12 @@ def test_analyze_cli_writes_reports(tmp_path, capsys):
     report = json.loads((run / "analysis.json").read_text())
     assert report["modularity"] == pytest.approx(json.loads((run / "metrics.json").read_text())["modularity"])
     assert report["pruning_frontier"][-1][0] == report["n_nonzero"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert report["n_nonzero_total"] == metrics["n_nonzero_params"]  # one definition of nonzero
+    assert report["n_params_total"] == metrics["n_params"]
     assert (run / "pruning_frontier.png").exists() and (run / "knockout.md").exists()
+    knockout = (run / "knockout.md").read_text()
+    assert "which (layer: slots)" in knockout and "layer1: " in knockout  # the module's neurons
     assert "modularity" in capsys.readouterr().out
 
 

@@ -22,6 +22,7 @@ from ..spec import PermutationSpec, fold_sum, tensor
 __all__ = [
     "weight_graph", "modularity", "communities", "find_modules", "module_slots", "tree_roots",
     "neuron_scores", "active_neurons", "network", "MODULE_THRESHOLD", "ACTIVE_THRESHOLD",
+    "NONZERO_REL", "count_nonzero",
 ]
 
 #: Default for :func:`find_modules` / :func:`tree_roots`: a weight is kept when ``|w|`` is at
@@ -32,6 +33,22 @@ MODULE_THRESHOLD = 0.1
 ACTIVE_THRESHOLD = 0.05
 
 Neuron = tuple[str, int]
+
+
+#: The one definition of "nonzero" (metrics.json, analysis, pruning frontier): an entry whose
+#: magnitude exceeds this fraction of the largest magnitude in its tensor. Trained BIMT weights
+#: decay towards zero without reaching it, so an exact-zero count would call everything alive.
+NONZERO_REL = 1e-3
+
+
+def count_nonzero(tensors) -> int:
+    """Entries of ``tensors`` above :data:`NONZERO_REL` of their own tensor's largest magnitude."""
+    total = 0
+    for t in tensors:
+        if t.numel():
+            a = t.detach().abs()
+            total += int((a > NONZERO_REL * a.max()).sum())
+    return total
 
 
 def network(model) -> tuple[nn.Module, PermutationSpec]:

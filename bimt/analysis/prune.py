@@ -10,7 +10,7 @@ from torch import nn
 
 from .._checks import positive_int
 from ..spec import PermutationSpec, tensor
-from .graph import _abs64, network
+from .graph import _abs64, count_nonzero, network
 
 __all__ = ["pruning_frontier", "evaluate_once"]
 
@@ -46,8 +46,9 @@ def pruning_frontier(model, evaluate: Callable[[nn.Module], float], n_points: in
     the rest set to zero (a magnitude threshold swept from above the largest to 0, ties at the
     threshold broken by position so that every count is reachable), and ``evaluate(module)`` is
     called. Counts: ``n_points`` evenly spaced from 0 (all pruned) to the number of nonzero
-    entries (nothing pruned), or ``counts``. Returns ``[(n_unpruned, loss), ...]`` by increasing
-    ``n_unpruned``; the last point is the unpruned network. Parameters are restored exactly
+    entries (:func:`bimt.analysis.graph.count_nonzero`: above 1e-3 of their tensor's largest;
+    the rest are numerically negligible), or ``counts``. Returns ``[(n_unpruned, loss), ...]``
+    by increasing ``n_unpruned``. Parameters are restored exactly
     afterwards, even if ``evaluate`` raises.
     """
     module, spec = network(model)
@@ -57,7 +58,7 @@ def pruning_frontier(model, evaluate: Callable[[nn.Module], float], n_points: in
     tensors = [tensor(module, n) for n in names]
     sizes = [t.numel() for t in tensors]
     mags = np.concatenate([_abs64(t).ravel() for t in tensors])
-    n_nonzero = int(np.count_nonzero(mags))
+    n_nonzero = count_nonzero(tensors)
     if counts is None:
         if positive_int(n_points, "n_points") < 2:
             raise ValueError(f"n_points must be an integer >= 2, got {n_points!r}")

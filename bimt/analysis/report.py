@@ -11,11 +11,13 @@ from torch import nn
 from ..models.wiring import has_wiring, wiring_of
 from ..spec import tensor
 from .graph import (
-    ACTIVE_THRESHOLD, MODULE_THRESHOLD, _cnm, active_neurons, find_modules, network, weight_graph,
+    ACTIVE_THRESHOLD, MODULE_THRESHOLD, _cnm, active_neurons, count_nonzero, find_modules, network,
+    weight_graph,
 )
 from .prune import evaluate_once
 
 __all__ = ["summary"]
+
 
 def summary(model, evaluate: Callable[[nn.Module], float] | None = None,
             module_threshold: float = MODULE_THRESHOLD,
@@ -26,8 +28,9 @@ def summary(model, evaluate: Callable[[nn.Module], float] | None = None,
          "n_communities": communities of 2+ neurons (those modularity found),
          "n_modules": len(find_modules(...)), "module_sizes": [int], "active_neurons": {group: count},
          "active_slots": {group: [slots]}, "neurons": {group: size},
-         "n_params": charged entries (weights, biases, embeddings), "n_nonzero": of those,
-         "n_params_total": every parameter, "connection_cost": float (if the model has a
+         "n_params": charged entries (weights, biases, embeddings), "n_nonzero": of those
+         (:func:`count_nonzero`), "n_params_total" / "n_nonzero_total": every parameter (as
+         ``metrics.json``'s ``n_params`` / ``n_nonzero_params``), "connection_cost": float (if the model has a
          wiring), "metric": evaluate(module) (if given)}
     """
     module, spec = network(model)
@@ -50,8 +53,9 @@ def summary(model, evaluate: Callable[[nn.Module], float] | None = None,
         "active_slots": active,
         "neurons": {g: int(group.size) for g, group in spec.groups.items()},
         "n_params": int(sum(t.numel() for t in charged)),
-        "n_nonzero": int(sum(int(torch.count_nonzero(t)) for t in charged)),
+        "n_nonzero": count_nonzero(charged),
         "n_params_total": int(sum(p.numel() for p in module.parameters())),
+        "n_nonzero_total": count_nonzero(module.parameters()),
     }
     if has_wiring(model) or has_wiring(module):
         wiring = wiring_of(model if has_wiring(model) else module)
