@@ -256,7 +256,7 @@ def load_mnist(data_dir: str | os.PathLike | None = None):
                 f"no {stem}[.gz] under {root}; expected the four MNIST IDX files "
                 "(a torchvision MNIST/raw folder has them)"
             )
-        parts[key] = _read_idx(hits[0])
+        parts[key] = _read_idx(hits[0], 3 if key.startswith("X") else 1)
     for images, labels in (("Xtr", "ytr"), ("Xte", "yte")):
         if len(parts[images]) != len(parts[labels]):
             raise ValueError(
@@ -268,17 +268,31 @@ def load_mnist(data_dir: str | os.PathLike | None = None):
     return X_tr, parts["ytr"].astype(np.int64), X_te, parts["yte"].astype(np.int64), f"MNIST IDX files in {root}"
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, ndim_expected: int) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:  # a corrupt .gz
+        raise ValueError(f"{path} cannot be read ({e})") from None
+    if len(raw) < 4:
+        raise ValueError(f"{path} is empty or truncated: {len(raw)} bytes, no IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    if ndim != ndim_expected:
+        raise ValueError(f"{path} has {ndim} dimensions in its header; MNIST "
+                         f"{'images have 3' if ndim_expected == 3 else 'labels have 1'}")
+    if len(raw) < 4 + 4 * ndim:
+        raise ValueError(f"{path} is truncated inside its header")
     shape = struct.unpack(">" + "I" * ndim, raw[4:4 + 4 * ndim])
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path} is truncated: header says {shape}, found {data.size} values")
+    if ndim == 3 and shape[1:] != (28, 28):
+        raise ValueError(f"{path} holds {shape[1]}x{shape[2]} images; MNIST images are 28x28")
+    if ndim == 1 and data.size and int(data.max()) > 9:
+        raise ValueError(f"{path} has label {int(data.max())}; MNIST labels are 0 to 9")
     return data.reshape(shape)
 
 

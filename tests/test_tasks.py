@@ -413,3 +413,41 @@ def test_load_mnist_images_and_labels_must_agree(tmp_path):
     (tmp_path / "m" / STEMS["ytr"]).write_bytes(_idx(np.arange(5) % 10))  # 6 images, 5 labels
     with pytest.raises(ValueError, match="6.*5|5.*6"):
         load_mnist(tmp_path / "m")
+
+
+@pytest.mark.parametrize("case, match", [
+    ("empty", "empty or truncated"),
+    ("ndim200", "200 dimensions"),
+    ("label10", "label 12; MNIST labels are 0 to 9"),
+    ("small", "10x10 images; MNIST images are 28x28"),
+    ("badgz", "cannot be read"),
+])
+def test_load_mnist_bad_files_name_the_problem(tmp_path, case, match):
+    _fake_mnist(tmp_path / "m", gz=False)
+    images, labels = tmp_path / "m" / STEMS["Xtr"], tmp_path / "m" / STEMS["ytr"]
+    if case == "empty":
+        images.write_bytes(b"")
+    elif case == "ndim200":
+        images.write_bytes(struct.pack(">HBB", 0, 0x08, 200) + b"\x00" * 40)
+    elif case == "label10":
+        labels.write_bytes(_idx(np.array([1, 12, 3, 4, 5, 6])))
+    elif case == "small":
+        images.write_bytes(_idx(np.zeros((6, 10, 10))))
+    else:
+        images.unlink()
+        (tmp_path / "m" / (STEMS["Xtr"] + ".gz")).write_bytes(b"not gzip at all")
+    with pytest.raises(ValueError, match=match):
+        load_mnist(tmp_path / "m")
+
+
+def test_train_on_bad_mnist_files_exits_2_and_writes_nothing(tmp_path, capsys):
+    from bimt.cli import main
+
+    _fake_mnist(tmp_path / "m", gz=False)
+    (tmp_path / "m" / STEMS["Xtr"]).write_bytes(b"")
+    out = tmp_path / "run"
+    code = main(["train", "mnist", "--data-dir", str(tmp_path / "m"), "--steps", "2", "--out",
+                 str(out), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "empty or truncated" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
