@@ -176,3 +176,12 @@ def test_ctrl_c_before_any_checkpoint_says_the_run_starts_over(tmp_path, capsys,
     assert code == 130
     assert capsys.readouterr().err.strip() == (
         "bimt train: interrupted; no checkpoint was written yet, so the run starts over when run again")
+
+
+def test_tasks_into_a_closed_pipe_is_quiet():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(f"{sys.executable} -m bimt.cli tasks | head -n 1", shell=True,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.count("\n") == 1 and proc.stderr == ""
