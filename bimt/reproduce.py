@@ -73,22 +73,62 @@ RESULT_COLUMNS = ["task", "method", "seed", "train_loss", "test_loss", "train_ac
                   "wall_s", "data_source"]
 
 
+def _job_config(job: dict):
+    from .config import TrainConfig
+
+    return TrainConfig(task=job["task"], method=job["method"], seed=job["seed"],
+                       steps=job.get("steps"), data_dir=job.get("data_dir"))
+
+
+def _clear_if_stale(job: dict) -> None:
+    """Remove a run left by an earlier reproduction with other settings (``--steps``, ...), so
+    a rerun reuses or resumes only runs of exactly the settings asked for."""
+    import dataclasses
+
+    from .runs import RUN_FILES
+
+    run_dir = Path(job["run_dir"])
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        return
+    try:
+        same = json.loads(saved.read_text()) == json.loads(
+            json.dumps(dataclasses.asdict(_job_config(job)), default=str))
+    except ValueError:
+        same = False
+    if not same:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+
+
 def _run_one(job: dict) -> dict:
     """One (task, method, seed) in a worker process; returns its metrics."""
     import torch
 
     torch.set_num_threads(1)
-    from .train import TrainConfig, train
+    from .train import train
 
     run_dir = Path(job["run_dir"])
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())
     resume = (run_dir / "checkpoint.pt").exists()
-    config = TrainConfig(task=job["task"], method=job["method"], seed=job["seed"],
-                         steps=job.get("steps"), data_dir=job.get("data_dir"))
-    return train(config, out=run_dir, resume=resume, progress=False,
+    return train(_job_config(job), out=run_dir, resume=resume, progress=False,
                  device=job.get("device")).metrics
+
+
+def _watch_parent(parent: int) -> None:
+    """Worker initializer: exit when the reproduction that started us is gone (even by
+    ``kill -9``), instead of training on for nobody and then idling."""
+    import threading
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _run_job(job: dict) -> tuple[list[dict], float]:
@@ -100,11 +140,9 @@ def _run_job(job: dict) -> tuple[list[dict], float]:
 
     torch.set_num_threads(1)
     from .batched import fit_many
-    from .train import TrainConfig
 
     runs = job["stack"]
-    configs = [TrainConfig(task=r["task"], method=r["method"], seed=r["seed"],
-                           steps=r.get("steps"), data_dir=r.get("data_dir")) for r in runs]
+    configs = [_job_config(r) for r in runs]
     results = fit_many(configs, out=[r["run_dir"] for r in runs], resume=True, progress=False,
                        device=job.get("device"))
     return [r.metrics for r in results], time.perf_counter() - start
@@ -163,6 +201,8 @@ def reproduce(
              run_dir=str(out / "runs" / t / f"{m}-s{s}"))
         for t in tasks for m in methods for s in seed_list
     ]
+    for r in runs:
+        _clear_if_stale(r)
     jobs = []
     for t in tasks:
         mine = [r for r in runs if r["task"] == t]
@@ -188,7 +228,8 @@ def reproduce(
         else:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+            with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                     initializer=_watch_parent, initargs=(os.getpid(),)) as pool:
                 futures = {pool.submit(_run_job, job): job for job in jobs}
                 for future in as_completed(futures):
                     done(futures[future], *future.result())

@@ -120,3 +120,88 @@ def test_residual_vs_weight_finds_the_encoding():
     with pytest.raises(TypeError, match="residual_stream"):
         analysis.residual_vs_weight(get_task("two-moons").make_model(
             TrainConfig(task="two-moons").resolved().__dict__), data.X_test)
+
+
+def _rows(out):
+    with open(out / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_rerun_with_other_settings_does_not_reuse_old_runs(tmp_path):
+    out = tmp_path / "repro"
+    for backend in ("processes", "batched"):
+        reproduce(tasks=["two-moons"], methods=["bimt"], seeds=1, workers=1, steps=12, out=out,
+                  progress=False, backend=backend)
+        assert [r["steps"] for r in _rows(out)] == ["12"]
+        reproduce(tasks=["two-moons"], methods=["bimt"], seeds=1, workers=1, steps=16, out=out,
+                  progress=False, backend=backend)
+        assert [r["steps"] for r in _rows(out)] == ["16"]
+        summary = json.loads((out / "reproduction.json").read_text())
+        assert summary["steps_override"] == 16
+
+
+def test_reproduce_with_two_workers(tmp_path):
+    out = tmp_path / "repro"
+    reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla"], seeds=2,
+              workers=2, steps=10, out=out, progress=False, backend="processes")
+    rows = _rows(out)
+    assert sorted((r["task"], r["seed"]) for r in rows) == [
+        ("symbolic-independence", "0"), ("symbolic-independence", "1"),
+        ("two-moons", "0"), ("two-moons", "1")]
+    one = train(TrainConfig(task="two-moons", method="vanilla", seed=1, steps=10), progress=False)
+    row = next(r for r in rows if r["task"] == "two-moons" and r["seed"] == "1")
+    assert float(row["test_loss"]) == pytest.approx(one.metrics["test_loss"], rel=1e-6)
+
+
+def _children(pid: int) -> list[int]:
+    import os
+
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_workers_exit_when_reproduce_is_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bimt.cli", "reproduce", "--tasks", "two-moons", "--methods", "bimt",
+         "--n-seeds", "2", "--steps", "10000000", "--workers", "2", "--backend", "processes",
+         "--out", str(tmp_path / "repro")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        workers = []
+        while time.time() < deadline and len(workers) < 2:
+            time.sleep(0.5)
+            workers = [p for p in _children(proc.pid)
+                       if "spawn_main" in open(f"/proc/{p}/cmdline").read()]
+        assert len(workers) >= 2, "the reproduction did not start its workers"
+        time.sleep(2)  # let them start training
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 30
+        while time.time() < deadline and any(_alive(p) for p in workers):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in workers), "workers outlived the killed reproduction"
+    finally:
+        proc.kill()
