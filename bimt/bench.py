@@ -219,17 +219,22 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
 def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
                    batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000) -> dict:
     from .devices import resolve_device
+    from .runs import say
 
     device = resolve_device(device)
     torch.set_num_threads(1)
     results = {}
+    say(True, "timing swap passes: the naive reference-style pass takes a while")
     results.update(bench_swap())
+    say(True, "timing training steps")
     results.update(bench_step(device=device))
     if transformer:
+        say(True, "timing transformer, RNN and CNN swap passes")
         results["transformer.swap_ms"] = bench_transformer_swap()
         results["rnn.swap_ms"] = bench_task_swap("two-stream")  # BioRNN, 6x6 recurrent grid
         results["cnn.swap_ms"] = bench_task_swap("cnn-mnist")  # BioCNN, conv channels
     if batched:
+        say(True, f"timing {batched_seeds} seeds one after another, then stacked")
         results.update(bench_batched(batched_seeds, batched_steps, device=device))
     results["device"] = str(device or "cpu")
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}

@@ -354,7 +354,7 @@ def _plot(args) -> int:
     state = load_checkpoint(Path(args.run_dir) / "checkpoint.pt")
     data = None if cfg.task == MODULE_TASK else get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
     write_plots(TrainResult(model, {}, state["history"], cfg, data, Path(args.run_dir),
-                            state.get("snapshots", [])))
+                            state.get("snapshots", [])), progress=True)
     print(f"wrote figures in {args.run_dir}")
     return 0
 

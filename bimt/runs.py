@@ -19,6 +19,7 @@ import io
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -276,11 +277,18 @@ def read_metrics(run_dir) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def write_plots(result) -> None:
+def say(progress: bool, what: str) -> None:
+    """One status line on stderr for a phase that takes a while (drawing, analysis)."""
+    if progress:
+        print(f"bimt: {what}", file=sys.stderr, flush=True)
+
+
+def write_plots(result, progress: bool = False) -> None:
     """graph.png/svg (in the model's view), decision_boundary.png, evolution.gif."""
     from . import viz
 
     run_dir, model = result.run_dir, result.model
+    say(progress, f"drawing {run_dir}/graph.png, graph.svg")
     viz.save_figure(viz.plot(model), run_dir / "graph", formats=("png", "svg"))
     d = result.data
     if d is None or isinstance(model, WeightsOnly):
@@ -290,12 +298,13 @@ def write_plots(result) -> None:
         and not d.y_train.is_floating_point()
     )
     if two_input_classifier:
+        say(progress, "drawing decision_boundary.png")
         fig = viz.plot_decision_boundary(model, d.X_test, d.y_test)
         viz.save_figure(fig, run_dir / "decision_boundary", formats=("png",))
     if result.config.animate and result.snapshots:
         boundary = (d.X_test, d.y_test) if two_input_classifier else None
         viz.write_animation(model, result.snapshots, run_dir / "evolution.gif",
-                            decision_boundary_data=boundary)
+                            decision_boundary_data=boundary, progress=progress)
 
 
 def targets(y: torch.Tensor, loss: str, model: nn.Module, n_out: int | None = None) -> torch.Tensor:

@@ -44,7 +44,7 @@ from .fileio import write_json
 from .models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
     MODULE_TASK, _n_outputs, claim_run_dir, load_checkpoint, load_model, save_checkpoint,
-    spec_from_dict, targets, wiring_record,
+    say, spec_from_dict, targets, wiring_record,
     write_history_csv, write_metrics, write_plots,
 )
 from .swap import swap_pass
@@ -409,12 +409,13 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     if tb is not None:
         tb.close()
     wall = time.perf_counter() - start
+    say(progress, "final evaluation and modularity")
     metrics = final_metrics(model, data, cfg, task, loss_fn, predict, local_cost, wall, n_out)
     result = TrainResult(model, metrics, history, cfg, data, run_dir, snapshots)
     if run_dir is not None:
         write_history_csv(run_dir / "history.csv", history)
         if plots:
-            write_plots(result)
+            write_plots(result, progress)
         write_metrics(run_dir, metrics)  # last: it marks the run complete
     return result
 

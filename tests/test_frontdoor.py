@@ -185,3 +185,15 @@ def test_tasks_into_a_closed_pipe_is_quiet():
     proc = subprocess.run(f"{sys.executable} -m bimt.cli tasks | head -n 1", shell=True,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.count("\n") == 1 and proc.stderr == ""
+
+
+def test_slow_phases_after_training_say_what_they_do(tmp_path, capsys):
+    from bimt.cli import main
+
+    assert main(["train", "two-moons", "--steps", "40", "--animate", "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    for phase in ("final evaluation and modularity", "graph.png", "decision_boundary.png",
+                  "evolution.gif"):
+        assert phase in err
+    assert main(["plot", str(tmp_path / "r")]) == 0
+    assert "evolution.gif" in capsys.readouterr().err

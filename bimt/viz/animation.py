@@ -18,6 +18,7 @@ it drops every other snapshot and doubles its stride, so what it keeps stays eve
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -241,6 +242,7 @@ def write_animation(
     plot_kwargs: dict | None = None,
     boundary_kwargs: dict | None = None,
     colors: int = 32,
+    progress: bool = False,
 ):
     """Write an animated GIF of the connectivity graph over the snapshots; returns its path.
 
@@ -257,20 +259,26 @@ def write_animation(
     title : frame title, formatted with ``step`` and the snapshot's ``info``.
     plot_kwargs, boundary_kwargs : passed to the graph / decision-boundary functions.
     colors : size of the palette shared by all frames (2 to 256; fewer colours, smaller file).
+    progress : show a progress bar over the frames (drawing them is the slow part).
     """
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     if isinstance(colors, bool) or not isinstance(colors, int) or not 2 <= colors <= 256:
         raise ValueError(f"colors must be an integer from 2 to 256, got {colors!r}")
-    if fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
     from PIL import Image
 
-    rgb = list(render_frames(
+    frames_iter = render_frames(
         model, snapshots, decision_boundary_data=decision_boundary_data, kind=kind,
         max_frames=max_frames, dpi=dpi, figsize=figsize, title=title,
         plot_kwargs=plot_kwargs, boundary_kwargs=boundary_kwargs,
-    ))
+    )
+    if progress:
+        from tqdm.auto import tqdm
+
+        n = len(_even_subset(_as_snapshots(snapshots), max_frames))
+        frames_iter = tqdm(frames_iter, total=n, desc=f"drawing {Path(path).name}", unit="frame",
+                           mininterval=0.5, dynamic_ncols=True)
+    rgb = list(frames_iter)
     # one small palette shared by every frame (taken from the last, the most drawn-on), no
     # dithering: unchanged pixels keep their index, so the GIF writer stores only what changed
     palette = rgb[-1].quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
