@@ -35,30 +35,37 @@ def mnist_shaped_model(seed: int = 0) -> BioMLP:
                   freeze_inputs=True, A=2.0, y_star=0.5)
 
 
-def reference_cost(module: nn.Module, spec: PermutationSpec, cost: ConnectionCost) -> float:
+def reference_cost(module: nn.Module, spec: PermutationSpec, cost: ConnectionCost,
+                   coords: dict | None = None) -> float:
     """The whole network's cost computed as the reference code does it, from scratch.
 
-    Distances are rebuilt from the coordinates on every call, layer by layer, as the paper's
-    notebooks do; sums are in float64 so that the baseline's choices are exact.
+    As the paper's notebooks do: distances rebuilt from the neurons' coordinates (tensors held
+    by the model) on every call, layer by layer, in the model's own precision (float32 here),
+    ``sum(|w| * (A * |dx|_1 + y*))``. ``coords`` caches the coordinate tensors (the reference
+    keeps them on its layers); it is filled on the first call.
     """
+    coords = {} if coords is None else coords
     total = 0.0
     for name, kind in cost.terms():
-        t = tensor(module, name).detach().abs().double()
+        t = tensor(module, name).detach()
         norm = t.numel() if cost.reduction == "mean" else 1
         if kind == "weight":
             out_g, in_g = (spec.groups[g] for g in spec.axes[name])
             if name in cost.distance_free:
-                d = torch.full((out_g.size, in_g.size), cost.y_star, dtype=torch.float64)
+                d = torch.full((out_g.size, in_g.size), cost.y_star, dtype=t.dtype)
             elif cost.p == 1:  # the reference's own formula: A * |dx|_1 + y*
-                a, b = (torch.from_numpy(c) for c in _same_dim(out_g.coords, in_g.coords))
+                if name not in coords:
+                    coords[name] = tuple(torch.from_numpy(c).to(t.dtype)
+                                         for c in _same_dim(out_g.coords, in_g.coords))
+                a, b = coords[name]
                 d = cost.A * (a[:, None, :] - b[None, :, :]).abs().sum(-1) + cost.y_star
             else:
                 d = torch.from_numpy(
-                    pairwise_distance(out_g.coords, in_g.coords, cost.A, cost.y_star, cost.p))
+                    pairwise_distance(out_g.coords, in_g.coords, cost.A, cost.y_star, cost.p)).to(t.dtype)
             d = d.repeat(t.shape[0] // d.shape[0], t.shape[1] // d.shape[1])
-            total += float((t * d).sum()) / norm
+            total += float(torch.sum(t.abs() * d)) / norm
         else:
-            total += float(t.sum()) * cost.y_star / norm
+            total += float(torch.sum(t.abs())) * cost.y_star / norm
     return total
 
 
@@ -70,16 +77,17 @@ def naive_greedy_pass(module: nn.Module, spec: PermutationSpec, cost: Connection
         n = spec.groups[g].size
         score = cost.importance(module, g)
         where = np.arange(n)  # neuron (by its slot when the group started) -> slot now
-        tol = REL_TOL * max(reference_cost(module, spec, cost), 1.0)
+        coords = {}
+        tol = REL_TOL * max(reference_cost(module, spec, cost, coords), 1.0)
         for j in np.argsort(-score, kind="stable")[: min(top_k, n)]:
-            base = reference_cost(module, spec, cost)
+            base = reference_cost(module, spec, cost, coords)
             deltas = np.zeros(n)
             for k in range(n):
                 if k == j:
                     continue
                 swap = _transposition(n, where[j], where[k])
                 apply_permutation(module, spec, g, swap)
-                deltas[k] = reference_cost(module, spec, cost) - base
+                deltas[k] = reference_cost(module, spec, cost, coords) - base
                 apply_permutation(module, spec, g, swap)
             best = int(np.argmin(deltas))
             if deltas[best] < -tol:
