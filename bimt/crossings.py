@@ -122,11 +122,10 @@ def count_crossings(x_in, x_out, edges, mod_in=None):
 def crossings(module, spec: PermutationSpec | None = None, threshold: float = THRESHOLD) -> dict:
     """``{"crossings", "module_crossings", "n_modules"}`` of the drawn network (``None`` values
     when it is not a chain of line layers)."""
-    if spec is None:  # a module with a wiring (BioMLP, attached), a Wiring, or (module, spec)
-        from .models.wiring import wiring_of
-
-        wiring = wiring_of(module)
-        module, spec = wiring.module, wiring.spec
+    spec = spec if spec is not None else getattr(module, "spec", None)
+    if spec is None:
+        raise TypeError(f"{type(module).__name__} has no spec: pass crossings(module, spec) "
+                        "(bimt.wiring_of(module).spec for an attached module)")
     layers = layers_of(spec)
     if layers is None:
         return {"crossings": None, "module_crossings": None, "n_modules": None}

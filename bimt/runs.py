@@ -371,7 +371,8 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     report["modules"] = [module_slots(m) for m in find_modules(model)]
     from .crossings import crossings
 
-    drawn = crossings(model)  # pruned at 5% per layer, as the metric defines it
+    wired = wiring_of(model)
+    drawn = crossings(wired.module, wired.spec)  # pruned at 5% per layer, as the metric defines it
     report["crossings"], report["module_crossings"] = drawn["crossings"], drawn["module_crossings"]
     test_loss = "n/a" if report["test_loss"] is None else f"{report['test_loss']:.6g}"
     lines = [f"# Analysis of {run_dir.name} ({cfg.task}, {cfg.method}, seed {cfg.seed})", "",

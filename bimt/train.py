@@ -535,7 +535,7 @@ def final_metrics(model, data, cfg, task, loss_fn, predict, cost, wall: float, n
         "train_loss": row["train_loss"], "test_loss": row["test_loss"],
         "train_acc": row["train_acc"], "test_acc": row["test_acc"],
         "connection_cost": row["connection_cost"], "modularity": q,
-        **{k: v for k, v in crossings(model).items() if k != "n_modules"},
+        **{k: v for k, v in crossings(model, wiring_of(model).spec).items() if k != "n_modules"},
         "n_params": int(sum(p.numel() for p in params)),
         "n_nonzero_params": count_nonzero(params),
         "wall_s": round(wall, 3), "data_source": data.source,

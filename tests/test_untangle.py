@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bimt
 from bimt import BioMLP
 from bimt.crossings import crossings
 from conftest import apply_report, build, inputs, mlp_configs, state
@@ -29,7 +30,7 @@ def test_untangle_keeps_outputs_and_never_raises_the_cost(cfg, keep):
     with torch.no_grad():
         y0 = model(x)
     before = copy.deepcopy(model)
-    cost = model.wiring.connection_cost
+    cost = bimt.wiring_of(model).connection_cost
     start = cost.total(model)
     report = model.swap(cfg["top_k"], "untangle")
     with torch.no_grad():
@@ -44,9 +45,9 @@ def test_untangle_keeps_outputs_and_never_raises_the_cost(cfg, keep):
     for k, v in state(model).items():
         assert torch.equal(v, state(replay)[k]), k
     # frozen groups never move
-    if cfg["freeze_input"]:
+    if cfg["freeze_inputs"]:
         assert "layer0" not in report.moved
-    if cfg["freeze_output"]:
+    if cfg["freeze_outputs"]:
         assert f"layer{len(model.linears)}" not in report.moved
 
 
@@ -87,4 +88,4 @@ def test_untangle_resolves_two_crossed_modules():
     assert crossings(untangled)["module_crossings"] == 0
     assert torch.allclose(untangled(x), y0, atol=1e-6)
     assert report.cost_after <= report.cost_before
-    assert report.cost_after <= exact.wiring.connection_cost.total(exact) + 1e-12
+    assert report.cost_after <= bimt.wiring_of(exact).connection_cost.total(exact) + 1e-12
