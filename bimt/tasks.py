@@ -170,7 +170,7 @@ for _name, _desc, _f, _nin, _lin, _lout, _widths in [
     ))
 # The symbolic defaults follow the reference notebook (A=1, k=5, lr 2e-3 on positions in [0, 1],
 # biases free for the first 3/4); the paper's text says A=2, k=6: `--A 2 --top-k 6`. Swaps
-# untangle (bimt/untangle.py), so the modules are drawn side by side; the paper's greedy swaps
+# untangle (bimt/swap/untangle.py), so the modules are drawn side by side; the paper's greedy swaps
 # are `--swap-mode greedy`.
 
 
