@@ -646,7 +646,7 @@ def test_resolved_config_records_every_value(tmp_path):
     saved = json.loads((tmp_path / "r" / "resolved_config.json").read_text())
     assert None not in [saved[k] for k in ("method", "seed", "lr", "swap_mode", "dtype", "p",
                                              "weight_decay", "threads", "swap_A", "A")]
-    assert saved["swap_mode"] == "greedy" and saved["steps"] == 10
+    assert saved["swap_mode"] == "untangle" and saved["steps"] == 10  # two moons untangles
 
 
 def test_task_from_function_swap_mode_reaches_the_run():
