@@ -45,6 +45,8 @@ def layers_of(spec: PermutationSpec) -> Layers | None:
         return None
     nxt = {}
     for name in weights:
+        if len(spec.axes[name]) != 2:
+            return None  # a convolution's kernel (4 axes): channels are not drawn as wires
         out_g, in_g = spec.axes[name]
         if in_g in nxt or out_g == in_g:
             return None  # a group feeding two weights (a residual stream): not layered

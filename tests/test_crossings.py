@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import bimt
 from bimt import BioMLP
 from bimt.crossings import crossings
 
@@ -77,3 +78,14 @@ def test_not_a_line_gives_none():
     assert crossings(BioTransformer(2, 2, d_model=8))["crossings"] is None
     grid = BioMLP([4, 4, 2], layout=["grid", "grid", "line"])
     assert crossings(grid) == {"crossings": None, "module_crossings": None, "n_modules": None}
+
+
+def test_conv_and_recurrent_networks_give_none():
+    from bimt.tasks import get_task
+    from bimt.config import TrainConfig
+
+    for name in ("cnn-mnist", "two-stream"):
+        cfg = TrainConfig(task=name).resolved()
+        model = get_task(name).make_model(__import__("dataclasses").asdict(cfg))
+        spec = bimt.wiring_of(model).spec if not hasattr(model, "spec") else model.spec
+        assert crossings(model, spec)["crossings"] is None, name
