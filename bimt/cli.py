@@ -152,12 +152,16 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lambda-milestones", dest="lambda_milestones", type=_milestones_arg,
                    help="multiply lambda at fractions of the run: 0.25:10,0.75:0.1 (default: none)")
     t.add_argument("--A", type=float, help=f"in-layer scale, locality ({task_default})")
+    t.add_argument("--swap-A", dest="swap_A", type=float,
+                   help="in-layer scale when judging swaps (default: --A; S4's notebook: 2)")
+    t.add_argument("--weight-decay", dest="weight_decay", type=float,
+                   help="AdamW weight decay (default: 0; 1 for vanilla modular addition and S4)")
     t.add_argument("--y-star", type=float, help=f"layer gap ({task_default})")
     t.add_argument("--p", type=float, help="distance norm, 1 = L1, 2 = L2 (default: 1)")
     t.add_argument("--top-k", type=int, help=f"neurons per layer tried in a swap pass ({task_default})")
     t.add_argument("--swap-every", type=int, help=f"steps between swap passes ({task_default})")
     t.add_argument("--swap-mode", choices=_LazyChoices("swap", "swap_modes"), metavar="MODE",
-                   help="greedy (the paper's) | exact (linear assignment) (default: greedy)")
+                   help="greedy (the paper's) | exact (linear assignment) | untangle (whole layouts, modules side by side) (default: the task's)")
     t.add_argument("--eval-every", type=int,
                    help="steps between evaluations (default: steps/20, at most the task's)")
     t.add_argument("--dtype", choices=("float32", "float64"),
@@ -282,7 +286,7 @@ def _train(args) -> int:
     from .train import TrainConfig, TrainingDiverged, train
 
     options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
-               "A", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
+               "A", "swap_A", "weight_decay", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
                "animate", "dtype")
     if args.resume:
         given = [k for k in options if getattr(args, k) is not None] + (["config"] if args.config else [])
@@ -309,7 +313,8 @@ def _train(args) -> int:
         if value is not None:
             base[key] = value
     config = TrainConfig.from_dict(base)
-    out = args.out or f"runs/{config.task}-{config.method}-s{config.seed}"
+    named = config.resolved()  # the method and seed the run will use, for its directory's name
+    out = args.out or f"runs/{named.task}-{named.method}-s{named.seed}"
     from .distributed import init_from_env, is_main
 
     init_from_env(args.device)  # under torchrun: data-parallel over its ranks

@@ -19,24 +19,34 @@ METHODS = ("vanilla", "l1", "l1-local", "l1-swap", "bimt", "sernn")
 #: ``custom``: a loss function given to :func:`bimt.fit` (not stored; give it again to resume).
 LOSSES = ("mse", "ce", "custom")
 DTYPES = ("float32", "float64")
+#: What a field left ``None`` becomes when neither the task nor its method-specific defaults set it.
+GLOBAL_DEFAULTS = dict(
+    method="bimt", seed=0, steps=1000, lr=1e-3, weight_decay=0.0, loss="mse",
+    lambda_schedule=[[1e-3, 1]], A=1.0, y_star=1.0, p=1.0, reduction="sum", distance_free=[],
+    bias_free_fraction=0.0, swap_every=200, swap_mode="greedy", animate=False, animate_frames=40,
+    threads=1, dtype="float32",
+)
 
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; unset fields (``None``) take the task's defaults."""
+    """Everything a run needs. Every field left ``None`` takes the task's default for this
+    method, else the task's default, else the global one (:data:`GLOBAL_DEFAULTS`); the
+    resolved config (``resolved_config.json`` in a run directory) holds every value used."""
 
     task: str = "two-moons"
-    method: str = "bimt"
-    seed: int = 0
+    method: str | None = None  # None: "bimt"
+    seed: int | None = None  # None: 0
     steps: int | None = None
     lr: float | None = None
-    weight_decay: float = 0.0
+    weight_decay: float | None = None
     batch_size: int | None = None  # None: full batch
     loss: str | None = None  # mse | ce
     widths: list[int] | None = None
     lambda_schedule: list[list[float]] | None = None  # [[value, steps], ...]
     lambda_milestones: list[list[float]] | None = None  # [[fraction, factor], ...] on the first value
     A: float | None = None
+    swap_A: float | None = None  # A when judging swaps (None: the training A; S4's notebook: 2)
     y_star: float | None = None
     p: float | None = None
     reduction: str | None = None  # sum | mean
@@ -44,14 +54,14 @@ class TrainConfig:
     bias_free_fraction: float | None = None  # biases uncharged for this fraction of the run
     top_k: int | None = None
     swap_every: int | None = None
-    swap_mode: str = "greedy"
+    swap_mode: str | None = None
     eval_every: int | None = None
     checkpoint_every: int | None = None
-    animate: bool = False
-    animate_frames: int = 40
+    animate: bool | None = None
+    animate_frames: int | None = None
     data_dir: str | None = None
-    threads: int = 1  # torch threads while training; small networks run fastest on one
-    dtype: str = "float32"  # or "float64", as some reference notebooks train
+    threads: int | None = None  # torch threads while training; small networks run fastest on one
+    dtype: str | None = None  # "float32" or "float64", as some reference notebooks train
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -73,21 +83,22 @@ class TrainConfig:
     def resolved(self, task: Task | None = None) -> TrainConfig:
         """A copy with the task's defaults filled in, rescaled to ``steps``, and checked."""
         task = task or get_task(self.task)
-        base = dict(
-            steps=1000, lr=1e-3, loss="mse", lambda_schedule=[[1e-3, 1]], A=1.0, y_star=1.0, p=1.0,
-            reduction="sum", distance_free=[], bias_free_fraction=0.0, top_k=None,
-            swap_every=200,
-        )
+        method = self.method or task.defaults.get("method") or GLOBAL_DEFAULTS["method"]
+        base = dict(GLOBAL_DEFAULTS)
         base.update(task.defaults)
+        base.update(getattr(task, "method_defaults", {}).get(method, {}))
+        base["method"] = method
         out = dataclasses.replace(self)
         for f in dataclasses.fields(self):
             if getattr(out, f.name) is None and f.name in base:
                 setattr(out, f.name, copy.deepcopy(base[f.name]))
+        if out.swap_A is None:
+            out.swap_A = out.A
         if out.lambda_milestones is not None:
             out.lambda_schedule = milestone_schedule(out.lambda_schedule[0][0], out.lambda_milestones)
             out.lambda_milestones = None
         if out.eval_every is None:
-            out.eval_every = max(1, min(out.steps // 20 or 1, base.get("eval_every", 500)))
+            out.eval_every = max(1, min(out.steps // 20 or 1, 500))
         if out.checkpoint_every is None:
             out.checkpoint_every = max(1, min(out.steps, 2000))
         out.validate()
@@ -105,11 +116,12 @@ class TrainConfig:
                      "checkpoint_every", "animate_frames", "threads"):
             if getattr(self, name) is not None:
                 positive_int(getattr(self, name), name)
-        one_of(self.dtype, DTYPES, "dtype")
-        one_of(self.method, METHODS, "method")
-        one_of(self.loss, LOSSES, "loss")
-        one_of(self.swap_mode, swap_modes(), "swap mode")
-        for name in ("lr", "weight_decay"):
+        for value, allowed, what in ((self.dtype, DTYPES, "dtype"), (self.method, METHODS, "method"),
+                                     (self.loss, LOSSES, "loss"),
+                                     (self.swap_mode, swap_modes(), "swap mode")):
+            if value is not None:
+                one_of(value, allowed, what)
+        for name in ("lr", "weight_decay", "swap_A"):
             if getattr(self, name) is not None:
                 nonnegative(getattr(self, name), name)
         if self.lr is not None and self.lr == 0:

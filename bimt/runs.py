@@ -378,6 +378,11 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     else:
         report["test_loss"] = (read_metrics(run_dir) or {}).get("test_loss")
     report["modules"] = [module_slots(m) for m in find_modules(model)]
+    from .crossings import crossings
+
+    wired = wiring_of(model)
+    drawn = crossings(wired.module, wired.spec)  # pruned at 5% per layer, as the metric defines it
+    report["crossings"], report["module_crossings"] = drawn["crossings"], drawn["module_crossings"]
     test_loss = "n/a" if report["test_loss"] is None else f"{report['test_loss']:.6g}"
     lines = [f"# Analysis of {run_dir.name} ({cfg.task}, {cfg.method}, seed {cfg.seed})", "",
              f"- modularity: {report['modularity']}",
@@ -387,6 +392,8 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
              f"- nonzero parameters (above {NONZERO_REL:g} of their tensor's largest |x|): "
              f"{report['n_nonzero_total']} of {report['n_params_total']} (as metrics.json); "
              f"charged by the cost: {report['n_nonzero']} of {report['n_params']}",
+             f"- crossing wires (pruned at 5%): {report['crossings']}, between modules: "
+             f"{report['module_crossings']}",
              f"- test loss: {test_loss}"]
     if prune:
         frontier = pruning_frontier(model, evaluate)

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from .analysis.graph import count_nonzero, modularity
+from .crossings import crossings
 from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
 from .cost import ConnectionCost, CostSettings
 from .devices import resolve_device
@@ -276,6 +277,7 @@ def build_run(cfg: TrainConfig, task: Task, device=None) -> tuple[nn.Module, Dat
                           if torch.is_tensor(t) else t)
         data.X_train, data.y_train = cast(data.X_train), cast(data.y_train)
         data.X_test, data.y_test = cast(data.X_test), cast(data.y_test)
+        data.y_train_fit = cast(data.y_train_fit)
     if wiring.input_labels is None and data.input_labels is not None:
         wiring.input_labels = data.input_labels
     if wiring.output_labels is None and data.output_labels is not None:
@@ -301,7 +303,8 @@ def run_costs(model, cfg: TrainConfig) -> dict:
     grad_cost_no_bias = cost_class(spec, grad_settings.replace(bias=False))
     # swaps are judged by the full local cost: a distance-free layer only shapes the gradient
     # (as in the reference code, so MNIST's output ring can still rearrange its classes)
-    swap_cost = ConnectionCost(spec, settings.replace(distance_free=()))
+    # (S4's notebook judges swaps with A = 2 while training with A = 1: ``swap_A``)
+    swap_cost = ConnectionCost(spec, settings.replace(distance_free=(), A=cfg.swap_A))
     return dict(local=local_cost, grad=grad_cost if charged else None,
                 grad_no_bias=grad_cost_no_bias if charged else None,
                 swap=swap_cost if swaps else None,
@@ -326,10 +329,14 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
 
     loss_fn = custom_loss or (nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss())
     predict = task.predict or (lambda o: o)
+    # what the training loss compares: the reported quantity, unless the task trains on more
+    # (in-context: both query positions, as its notebook)
+    fit = getattr(data, "y_train_fit", None)
+    fit_predict = (getattr(task, "predict_fit", None) or predict) if fit is not None else predict
     n_out = _n_outputs(wiring)
     _check_fits(model, data, cfg, loss_fn, predict, n_out)
-    batches = _Batches(data.X_train, targets(data.y_train, cfg.loss, model, n_out), cfg.batch_size,
-                       cfg.seed)
+    batches = _Batches(data.X_train, targets(data.y_train if fit is None else fit, cfg.loss, model,
+                                             n_out), cfg.batch_size, cfg.seed)
 
     history: list[dict] = []
     step = 0
@@ -349,6 +356,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", dataclasses.asdict(config))
+        write_json(run_dir / "resolved_config.json", dataclasses.asdict(cfg))  # every value used
     extra = {"wiring": wiring_record(wiring)} if cfg.task == MODULE_TASK else None
     snapshot_every = max(1, cfg.steps // cfg.animate_frames)
     if cfg.animate and step == 0:
@@ -370,7 +378,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
             yb = targets(yb, cfg.loss, model, n_out)
         xb, yb = distributed.shard(xb, yb)  # this rank's part of the batch (all of it alone)
         optimizer.zero_grad(set_to_none=False)
-        loss = loss_fn(predict(ddp(xb)), yb)
+        loss = loss_fn(fit_predict(ddp(xb)), yb)
         loss.backward()
         lam = lambda_at(cfg.lambda_schedule, step, cfg.steps) if charged else 0.0
         if lam:
@@ -398,7 +406,7 @@ def _train(cfg, config, task, run_dir, checkpoint, progress, plots, custom_loss=
             bar.set_postfix_str(_postfix(row), refresh=False)
         bar.update(1)
         if run_dir is not None and (step % cfg.checkpoint_every == 0 or step == cfg.steps):
-            if not _all_finite(model, loss_fn, predict, xb, yb):  # keep the last good one
+            if not _all_finite(model, loss_fn, fit_predict, xb, yb):  # keep the last good one
                 bar.close()
                 raise _diverged("the parameters are no longer finite, or their loss is not",
                                 step, lam, cfg, run_dir)
@@ -475,9 +483,9 @@ def _check_top_k(spec, cfg) -> None:
 def _optimizer(model, cfg) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     try:
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0, fused=True)
     except (RuntimeError, TypeError):  # fused kernels missing on this device / build
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay or 0.0)
 
 
 def _seed_everything(seed: int) -> None:
@@ -528,6 +536,7 @@ def final_metrics(model, data, cfg, task, loss_fn, predict, cost, wall: float, n
         "train_loss": row["train_loss"], "test_loss": row["test_loss"],
         "train_acc": row["train_acc"], "test_acc": row["test_acc"],
         "connection_cost": row["connection_cost"], "modularity": q,
+        **{k: v for k, v in crossings(model, wiring_of(model).spec).items() if k != "n_modules"},
         "n_params": int(sum(p.numel() for p in params)),
         "n_nonzero_params": count_nonzero(params),
         "wall_s": round(wall, 3), "data_source": data.source,

@@ -1,8 +1,9 @@
 """Short pinned trainings whose metrics are recorded in ``tests/data/golden_metrics.json``.
 
-Every setting that a task's defaults could change is pinned here, so a later change of a
-task's defaults does not move these numbers (a change of a task's *data draw* does, and must
-update the file: ``python tests/golden_runs.py --write``).
+Every setting that a task's defaults could change is pinned here (``swap_mode`` and ``dtype``
+too, since task defaults for them now reach the run), so a later change of a task's defaults
+does not move these numbers (a change of a task's *data draw*, model or training targets does,
+and must update the file: ``python tests/golden_runs.py --write``).
 """
 
 from __future__ import annotations
@@ -19,22 +20,22 @@ RUNS = {
         widths=[4, 20, 20, 2], steps=400, lr=2e-3, loss="mse",
         lambda_schedule=[[1e-3, 100], [1e-2, 200], [1e-3, 100]], A=1.0, y_star=0.1, p=1.0,
         top_k=5, swap_every=100, bias_free_fraction=0.75, reduction="sum",
-        distance_free=[], batch_size=None, eval_every=100),
+        distance_free=[], batch_size=None, eval_every=100, swap_mode="greedy", dtype="float32"),
     "two-moons": dict(
         widths=[2, 20, 20, 2], steps=300, lr=2e-3, loss="ce",
         lambda_schedule=[[1e-3, 75], [1e-2, 150], [1e-3, 75]], A=1.0, y_star=0.2, p=1.0,
         top_k=10, swap_every=100, bias_free_fraction=0.0, reduction="sum",
-        distance_free=[], batch_size=None, eval_every=100),
+        distance_free=[], batch_size=None, eval_every=100, swap_mode="greedy", dtype="float32"),
     "modular-addition": dict(
         widths=[64, 50, 50, 59], steps=200, lr=1e-3, loss="ce",
         lambda_schedule=[[0.1, 50], [1.0, 100], [0.1, 50]], A=2.0, y_star=0.5, p=1.0,
         top_k=30, swap_every=100, bias_free_fraction=0.0, reduction="mean",
-        distance_free=[], batch_size=None, eval_every=100),
+        distance_free=[], batch_size=None, eval_every=100, swap_mode="greedy", dtype="float32"),
     "in-context": dict(
         widths=[32], steps=100, lr=1e-3, loss="mse", batch_size=64,
         lambda_schedule=[[1e-3, 25], [1e-2, 50], [1e-1, 25]], A=2.0, y_star=0.5, p=1.0,
         top_k=30, swap_every=50, bias_free_fraction=0.0, reduction="mean",
-        distance_free=[], eval_every=50),
+        distance_free=[], eval_every=50, swap_mode="greedy", dtype="float32"),
 }
 
 

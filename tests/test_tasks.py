@@ -58,20 +58,22 @@ def test_registry_holds_the_papers_tasks():
                                    widths=[4, 20, 20, 2],
                                    lambda_schedule=[[1e-3, 5000], [1e-2, 10000], [1e-3, 5000]])),
     ("symbolic-feature-sharing", dict(widths=[3, 20, 20, 3])),
-    ("symbolic-compositionality", dict(widths=[4, 20, 20, 20, 20, 1])),
+    ("symbolic-compositionality", dict(widths=[4, 20, 20, 20, 20, 1],
+                                       lambda_schedule=[[1e-3, 5000], [3e-3, 15000]])),
     ("regression-fig2", dict(widths=[4, 20, 20, 2])),
     ("two-moons", dict(loss="ce", A=1.0, y_star=0.2, top_k=10, swap_every=200, lr=2e-3,
                        widths=[2, 20, 20, 2])),
     ("modular-addition", dict(steps=20000, lr=1e-3, loss="ce", A=2.0, y_star=0.5, top_k=30,
                               reduction="mean", widths=[64, 50, 50, 59],
                               lambda_schedule=[[0.1, 5000], [1.0, 10000], [0.1, 5000]])),
-    ("permutation-s4", dict(widths=[64, 50, 50, 24], reduction="mean")),
+    ("permutation-s4", dict(widths=[64, 50, 50, 24], reduction="mean", lr=2e-3, A=1.0, swap_A=2.0,
+                            lambda_schedule=[[1.0, 1]], dtype="float64")),
     ("mnist", dict(widths=[784, 100, 100, 10], steps=40000, batch_size=100, loss="mse", A=2.0,
                    y_star=0.5, top_k=30, swap_every=500, reduction="mean",
                    distance_free=["last"],
                    lambda_schedule=[[1e-3, 10000], [1e-2, 10000], [1e-1, 10000], [0.3, 10000]])),
     ("in-context", dict(steps=40000, lr=1e-3, batch_size=64, loss="mse", A=2.0, y_star=0.5,
-                        top_k=30, swap_every=200, reduction="mean",
+                        top_k=30, swap_every=40000, reduction="mean", dtype="float64",
                         lambda_schedule=[[1e-3, 10000], [1e-2, 20000], [1e-1, 10000]])),
 ])
 def test_defaults_follow_design_table(name, expected):
@@ -451,3 +453,10 @@ def test_train_on_bad_mnist_files_exits_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "empty or truncated" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_vanilla_group_tasks_use_weight_decay():
+    for name in ("modular-addition", "permutation-s4"):
+        assert TrainConfig(task=name, method="vanilla").resolved().weight_decay == 1.0
+        assert TrainConfig(task=name, method="bimt").resolved().weight_decay == 0.0
+        assert TrainConfig(task=name, method="vanilla", weight_decay=0.0).resolved().weight_decay == 0.0

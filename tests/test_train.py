@@ -36,7 +36,7 @@ from bimt.train import (
 
 METRIC_KEYS = {
     "task", "method", "seed", "steps", "train_loss", "test_loss", "train_acc", "test_acc",
-    "connection_cost", "modularity", "n_params", "n_nonzero_params", "wall_s", "data_source",
+    "connection_cost", "modularity", "crossings", "module_crossings", "n_params", "n_nonzero_params", "wall_s", "data_source",
 }
 QUIET = dict(progress=False, plots=False)
 
@@ -592,3 +592,66 @@ def test_float64_training_and_reload(tmp_path):
         assert torch.equal(model.state_dict()[name], value), name
     with pytest.raises(ValueError, match="unknown dtype 'float16'"):
         TrainConfig(task="two-moons", dtype="float16").resolved()
+
+
+# -- every field's task default reaches the run (the silent-default bug) ----------------------
+def _unusual_value(name):
+    """A valid value for each TrainConfig field that no global default has."""
+    return dict(
+        method="l1-local", seed=11, steps=37, lr=3.3e-3, weight_decay=0.07, batch_size=17,
+        loss="ce", widths=[2, 7, 2], lambda_schedule=[[2.5e-3, 1]],
+        lambda_milestones=[[0.5, 4.0]], A=1.7, swap_A=2.9, y_star=0.35, p=2.0,
+        reduction="mean", distance_free=["last"], bias_free_fraction=0.3, top_k=3,
+        swap_every=9, swap_mode="exact", eval_every=7, checkpoint_every=13, animate=True,
+        animate_frames=5, data_dir="/nonexistent/mnist", threads=2, dtype="float64",
+    )[name]
+
+
+def test_every_field_takes_a_task_default():
+    import dataclasses
+
+    from bimt.tasks import Task, get_task
+
+    base = get_task("two-moons")
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "task"]
+    for name in fields:
+        value = _unusual_value(name)
+        task = Task("probe", "", "classification", base.make_data, base.make_model,
+                    dict(base.defaults, **{name: value}))
+        cfg = TrainConfig(task="probe").resolved(task)
+        if name == "lambda_milestones":  # turned into phases on the first lambda
+            assert cfg.lambda_schedule == [[1e-3, 0.5], [4e-3, 0.5]], name
+        else:
+            assert getattr(cfg, name) == value, name
+        # and an explicit value still wins over the task's default
+        if name not in ("lambda_milestones",):
+            assert getattr(TrainConfig(task="probe", **{name: value}).resolved(base), name) == value
+
+
+def test_method_defaults_override_task_defaults():
+    from bimt.tasks import Task, get_task
+
+    base = get_task("two-moons")
+    task = Task("probe", "", "classification", base.make_data, base.make_model,
+                dict(base.defaults), method_defaults={"vanilla": {"weight_decay": 0.5}})
+    assert TrainConfig(task="probe", method="vanilla").resolved(task).weight_decay == 0.5
+    assert TrainConfig(task="probe", method="bimt").resolved(task).weight_decay == 0.0
+    assert TrainConfig(task="probe", method="vanilla", weight_decay=0.1).resolved(task).weight_decay == 0.1
+
+
+def test_resolved_config_records_every_value(tmp_path):
+    import json
+
+    train(TrainConfig(task="two-moons", steps=10), out=tmp_path / "r", progress=False, plots=False)
+    saved = json.loads((tmp_path / "r" / "resolved_config.json").read_text())
+    assert None not in [saved[k] for k in ("method", "seed", "lr", "swap_mode", "dtype", "p",
+                                             "weight_decay", "threads", "swap_A", "A")]
+    assert saved["swap_mode"] == "untangle" and saved["steps"] == 10  # two moons untangles
+
+
+def test_task_from_function_swap_mode_reaches_the_run():
+    from bimt.tasks import task_from_function
+
+    task = task_from_function("sq", lambda x: x[:, 0] ** 2, 2, swap_mode="exact", dtype="float64")
+    cfg = TrainConfig(task="sq").resolved(task)
+    assert cfg.swap_mode == "exact" and cfg.dtype == "float64"

@@ -12,6 +12,9 @@ matrix ``C[j, p]`` (see :meth:`ConnectionCost.placement_matrix`). From it:
   ``C``, group after group. Each assignment is the best placement of its group given the
   others, so an exact pass is never worse than a greedy one, and finds moves no sequence of
   greedy swaps reaches.
+* **untangle** (:mod:`bimt.swap.untangle`): whole layouts across every layer at once (iterated
+  assignments to a fixed point; modules kept in one order in every layer), the one with the
+  fewest crossings between modules among those no costlier than the start.
 
 A mode is a *solver* in :data:`SOLVERS`, a function ``solver(state: PassState) -> None`` that
 sees the whole pass (every movable group at once, so a solver may work group by group, like
@@ -26,10 +29,11 @@ moments, momentum, ...) and any gradient, so training continues as if nothing ha
 from .core import (
     REL_TOL, SOLVERS, PassState, SwapReport, apply_permutation, register_solver, swap_modes, swap_pass,
 )
-from . import exact, greedy  # after core: the built-in solvers
+from . import exact, greedy, untangle  # after core: the built-in solvers
 
 register_solver("greedy", greedy.solve)
 register_solver("exact", exact.solve)
+register_solver("untangle", untangle.solve)
 
 __all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
            "register_solver", "swap_modes", "REL_TOL"]
