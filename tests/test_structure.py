@@ -157,7 +157,18 @@ def test_public_names_resolve_and_the_readme_uses_real_ones():
     for module in (bimt, bimt.analysis, bimt.viz, bimt.swap, bimt.models):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
-    readme = (ROOT.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     for module, prefix in ((bimt, "bimt."), (bimt.viz, "bimt.viz."), (bimt.analysis, "analysis.")):
         for name in set(re.findall(re.escape(prefix) + r"([A-Za-z_]\w*)\(", readme)):
             assert name in module.__all__ or name in ("runs",), f"README uses {prefix}{name}"
+
+
+def test_a_clone_folder_named_bimt_does_not_shadow_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "bimt").mkdir()  # a clone of the repository named bimt, Python run from its parent
+    (tmp_path / "bimt" / "README.md").write_text("a clone")
+    proc = subprocess.run([sys.executable, "-c", "import bimt; print(bimt.BioMLP.__name__)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "BioMLP", proc.stderr
