@@ -94,3 +94,17 @@ def test_claim_refuses_a_file(tmp_path):
     with pytest.raises(ValueError, match="is a file"):
         with claim_run_dir(f, {}):
             pass
+
+
+def test_a_checkpoint_that_does_not_fit_its_config_is_named(tmp_path):
+    import torch
+
+    run = tmp_path / "r"
+    train(out=run, **dict(TINY, steps=8), **QUIET)
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    state["model"] = {k: torch.zeros(3, 3) for k in state["model"]}  # weights of another network
+    state["step"] = 4
+    torch.save(state, run / "checkpoint.pt")
+    (run / "metrics.json").unlink()
+    with pytest.raises(ValueError, match="checkpoint.pt does not fit the model its config builds"):
+        train(out=run, resume=True, **QUIET)
