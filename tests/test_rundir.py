@@ -108,3 +108,24 @@ def test_a_checkpoint_that_does_not_fit_its_config_is_named(tmp_path):
     (run / "metrics.json").unlink()
     with pytest.raises(ValueError, match="checkpoint.pt does not fit the model its config builds"):
         train(out=run, resume=True, **QUIET)
+
+
+@pytest.mark.parametrize("task", ["cnn-mnist", "in-context-singular", "permutation-s4"])
+def test_analyze_and_view_every_kind_of_run(tmp_path, capsys, task):
+    """CNN channels (whose input is one channel, not the data's 784 pixels) and float64 runs
+    (in-context, S4) train, analyse and view; an RNN's report is refused in one line."""
+    run = tmp_path / task
+    assert main(["train", task, "--steps", "3", "--out", str(run), "--quiet"]) == 0
+    assert main(["analyze", str(run), "--prune", "--knockout"]) == 0
+    assert main(["view", str(run)]) == 0
+    assert (run / "report.html").exists()
+    capsys.readouterr()
+
+
+def test_view_of_a_recurrent_run_says_why_not(tmp_path, capsys):
+    run = tmp_path / "rnn"
+    assert main(["train", "two-stream", "--steps", "3", "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["view", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "recurrent" in err and len(err.strip().splitlines()) == 1

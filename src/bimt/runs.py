@@ -36,7 +36,7 @@ from .tasks import get_task
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "write_history_csv", "write_metrics",
     "write_plots", "spec_to_dict", "spec_from_dict", "WeightsOnly", "MODULE_TASK", "targets",
-    "analyze_run", "run_evaluator", "claim_run_dir", "RunDirBusy", "RUN_FILES",
+    "analyze_run", "run_evaluator", "claim_run_dir", "adopt_labels", "RunDirBusy", "RUN_FILES",
 ]
 
 #: The ``task`` of a run that trained a user's module (``bimt.fit(model=...)``).
@@ -240,11 +240,20 @@ def load_model(run_dir: str | os.PathLike, model: nn.Module | None = None) -> tu
     model.load_state_dict(state["model"])
     wiring = wiring_of(model)
     if wiring.input_labels is None or wiring.output_labels is None:
-        data = task.make_data(cfg.seed, cfg.data_dir)
-        wiring.input_labels = wiring.input_labels or data.input_labels
-        wiring.output_labels = wiring.output_labels or data.output_labels
+        adopt_labels(wiring, task.make_data(cfg.seed, cfg.data_dir))
     model.eval()
     return model, cfg
+
+
+def adopt_labels(wiring: Wiring, data) -> None:
+    """Name the wiring's inputs and outputs after the data's columns, where it has no names of
+    its own and the counts agree (a CNN's input is channels, not the data's pixels)."""
+    sizes = {role: sum(wiring.spec.groups[g].size for g, r in wiring.spec.interface().items()
+                       if r == role) for role in ("input", "output")}
+    for role in ("input", "output"):
+        have, given = getattr(wiring, f"{role}_labels"), getattr(data, f"{role}_labels")
+        if have is None and given is not None and len(given) == sizes[role]:
+            setattr(wiring, f"{role}_labels", list(given))
 
 
 def _resolved_module_config(config: TrainConfig) -> TrainConfig:
@@ -325,6 +334,11 @@ def run_evaluator(run_dir, model: nn.Module | None = None):
         return model, cfg, None, None
     task = get_task(cfg.task)
     data = task.make_data(cfg.seed, cfg.data_dir)
+    dtype = next(model.parameters()).dtype  # float64 runs (S4, in-context) get float64 data
+    if data.X_test.is_floating_point():
+        data.X_test = data.X_test.to(dtype)
+    if data.y_test.is_floating_point():
+        data.y_test = data.y_test.to(dtype)
     loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
     predict = task.predict or (lambda o: o)
     target = targets(data.y_test, cfg.loss, model, _n_outputs(wiring_of(model)))

@@ -44,7 +44,7 @@ from .devices import resolve_device
 from .fileio import write_json
 from .models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
-    MODULE_TASK, _n_outputs, claim_run_dir, load_checkpoint, load_model, save_checkpoint,
+    MODULE_TASK, _n_outputs, adopt_labels, claim_run_dir, load_checkpoint, load_model, save_checkpoint,
     say, spec_from_dict, targets, wiring_record,
     write_history_csv, write_metrics, write_plots,
 )
@@ -278,10 +278,7 @@ def build_run(cfg: TrainConfig, task: Task, device=None) -> tuple[nn.Module, Dat
         data.X_train, data.y_train = cast(data.X_train), cast(data.y_train)
         data.X_test, data.y_test = cast(data.X_test), cast(data.y_test)
         data.y_train_fit = cast(data.y_train_fit)
-    if wiring.input_labels is None and data.input_labels is not None:
-        wiring.input_labels = data.input_labels
-    if wiring.output_labels is None and data.output_labels is not None:
-        wiring.output_labels = data.output_labels
+    adopt_labels(wiring, data)
     _check_top_k(wiring.spec, cfg)
     return model, data
 

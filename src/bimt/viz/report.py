@@ -120,10 +120,13 @@ def _read_network(model) -> dict:
         r_out = row("output", level + 1, "output",
                     labels=_slot_labels(wiring.output_labels, oo, len(oo)))
         blocks.append(dict(name="unembed", out=r_out, inp=r_prev, W=W(model.unembed)))
-    else:  # a layered network
-        from .graph import layered_view
+    elif wiring.view == "rnn":
+        raise ValueError("bimt view draws layered networks, CNN channel graphs and transformers; "
+                         "for a recurrent network see its graph.png (bimt plot)")
+    else:  # a layered network (a CNN as its channel graph)
+        from .graph import channel_view, layered_view
 
-        view = layered_view(model)
+        view = channel_view(model) if wiring.view == "channels" else layered_view(model)
         kind = "3d" if any(c.shape[1] >= 2 for c in view.coords) else "2d"
         for i, (g, c, f) in enumerate(zip(view.names, view.coords, view.folds)):
             c = np.asarray(c, dtype=float)
