@@ -113,16 +113,20 @@ class StackedMLP(nn.Module):
     def member_state(self, s: int) -> dict[str, torch.Tensor]:
         return {n: self.get(n).detach()[s].clone() for n in self.names + self.buffer_names}
 
-    def forward(self, X: torch.Tensor) -> torch.Tensor:
+    def _input_layer(self, X: torch.Tensor):
+        """Each member's input layer in slot order, and (token inputs) the rows of the flattened
+        ``(S * vocab, d)`` embedding that it read, which the backward pass scatters into."""
         S, n = X.shape[0], X.shape[1]
         if self.has_embedding:
             emb = self.get("embedding")
             V = emb.shape[1]
-            idx = X + (torch.arange(S, device=X.device) * V).view(S, 1, 1)
-            x = emb.reshape(S * V, -1)[idx].flatten(-2)
-        else:
-            order = self.get("input_order")
-            x = torch.gather(X, 2, order.unsqueeze(1).expand(S, n, order.shape[1]))
+            rows = X + (torch.arange(S, device=X.device) * V).view(S, 1, 1)
+            return emb.reshape(S * V, -1)[rows].flatten(-2), rows
+        order = self.get("input_order")
+        return torch.gather(X, 2, order.unsqueeze(1).expand(S, n, order.shape[1])), None
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        x, _ = self._input_layer(X)
         for i in range(self.n_layers):
             W = self.get(f"linears.{i}.weight").transpose(1, 2)
             if self.has_bias:
@@ -151,15 +155,8 @@ class StackedMLP(nn.Module):
             losses.sum().backward()
             return losses.detach()
         with torch.no_grad():
-            S, n = X.shape[0], X.shape[1]
-            if self.has_embedding:
-                emb = self.get("embedding")
-                V = emb.shape[1]
-                token_idx = X + (torch.arange(S, device=X.device) * V).view(S, 1, 1)
-                x = emb.reshape(S * V, -1)[token_idx].flatten(-2)
-            else:
-                order = self.get("input_order")
-                x = torch.gather(X, 2, order.unsqueeze(1).expand(S, n, order.shape[1]))
+            n = X.shape[1]
+            x, token_rows = self._input_layer(X)
             inputs, pre, post = [], [], []
             weights, biases, act = self._weights, self._biases, self.activation.forward
             for i, W in enumerate(weights):
@@ -195,9 +192,10 @@ class StackedMLP(nn.Module):
                 if i > 0:
                     g = backward(self.activation, torch.bmm(g, W), pre[i - 1], post[i - 1])
                 elif self.has_embedding:
-                    dx = torch.bmm(g, W).reshape(S * n * X.shape[2], -1)
-                    emb.grad = torch.zeros_like(emb).reshape(S * V, -1).index_add_(
-                        0, token_idx.reshape(-1), dx).reshape(emb.shape)
+                    emb = self.get("embedding")
+                    dx = torch.bmm(g, W).reshape(token_rows.numel(), -1)
+                    emb.grad = torch.zeros_like(emb).reshape(-1, emb.shape[-1]).index_add_(
+                        0, token_rows.reshape(-1), dx).reshape(emb.shape)
         return losses
 
 
