@@ -206,3 +206,22 @@ def test_cuda_stack_matches_cpu():
     for a, b in zip(cpu, gpu):
         assert next(b.model.parameters()).is_cuda
         assert a.metrics["test_loss"] == pytest.approx(b.metrics["test_loss"], rel=1e-6)
+
+
+def test_run_dirs_are_held_and_another_runs_dir_is_refused(tmp_path):
+    """fit_many holds each run directory as bimt.fit does: one writer at a time, and a fresh
+    run does not overwrite another run's files unless force=True."""
+    from bimt.runs import RunDirBusy, claim_run_dir
+
+    kw = dict(task="two-moons", steps=20, progress=False, plots=False)
+    busy = tmp_path / "busy"
+    with claim_run_dir(busy, {"task": "two-moons"}):
+        with pytest.raises(RunDirBusy, match="being written by process"):
+            fit_many(seeds=[0], out=[busy], **kw)
+    other = tmp_path / "other"
+    train(bimt.TrainConfig(task="two-moons", seed=1, steps=20), out=other, progress=False,
+          plots=False)
+    with pytest.raises(ValueError, match="already holds a run of two-moons"):
+        fit_many(seeds=[0], out=[other], **kw)
+    result = fit_many(seeds=[0], out=[other], force=True, **kw)[0]
+    assert json.loads((other / "metrics.json").read_text())["seed"] == result.metrics["seed"] == 0

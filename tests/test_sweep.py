@@ -76,3 +76,77 @@ def test_ray_backend_gives_the_local_rows(tmp_path):
                 assert r[k] == pytest.approx(v, rel=1e-6), k
     # every trial finished in its own run directory, so a rerun skips it
     assert all((tmp_path / "ray" / "trials" / r["trial"] / "metrics.json").exists() for r in remote)
+
+
+def _held(run_dir) -> bool:
+    """Whether a live process holds the run directory's lock (a trial in progress)."""
+    import fcntl
+    import os
+
+    lock = run_dir / ".bimt.lock"
+    if not lock.exists():
+        return False
+    fd = os.open(lock, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock we took
+    return False
+
+
+@pytest.mark.ray
+def test_ray_worker_killed_mid_trial_keeps_finished_trials(tmp_path):
+    """kill -9 of the worker running a trial: Ray reruns that trial, which resumes from its
+    checkpoint and ends with the numbers of an uninterrupted run; finished trials are untouched."""
+    pytest.importorskip("ray.tune")
+    import os
+    import signal
+    import threading
+    import time
+
+    import ray
+
+    from bimt.batched import fit_many
+    from bimt.config import TrainConfig
+
+    grid = parse_grid(["lambda=1e-3,1e-2"])
+    kw = dict(seeds=[0, 1], steps=6000, checkpoint_every=500, progress=False)
+    trials = tmp_path / "ray" / "trials"
+    killed, finished_before = {}, {}
+
+    def kill_one_running_trial():
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            done = [d for d in trials.glob("trial-*") if (d / "metrics.json").exists()]
+            for d in trials.glob("trial-*"):
+                if done and not (d / "metrics.json").exists() and (d / "checkpoint.pt").exists() \
+                        and _held(d):
+                    pid = int((d / ".bimt.lock").read_text().split()[1])
+                    for f in done:
+                        finished_before[f.name] = (f / "metrics.json").read_bytes()
+                    os.kill(pid, signal.SIGKILL)
+                    killed[d.name] = pid
+                    return
+            time.sleep(0.05)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    killer = threading.Thread(target=kill_one_running_trial, daemon=True)
+    killer.start()
+    try:
+        rows = sweep("two-moons", grid, out=tmp_path / "ray", backend="ray", **kw)
+    finally:
+        killer.join(timeout=1)
+        ray.shutdown()
+    assert killed, "no trial was caught mid-run to kill"
+    (name, _), = killed.items()
+    assert name not in finished_before and len(rows) == 4
+    for f, text in finished_before.items():  # finished trials were neither lost nor retrained
+        assert (trials / f / "metrics.json").read_bytes() == text
+    # the killed trial, as one uninterrupted stack of one (what a Ray trial trains)
+    config = TrainConfig.from_dict(json.loads((trials / name / "config.json").read_text()))
+    clean = fit_many([config], out=[tmp_path / "clean"], progress=False, plots=False)[0].metrics
+    row = next(r for r in rows if r["trial"] == name)
+    for k in ("test_loss", "test_acc", "modularity", "module_crossings"):
+        assert row[k] == clean[k], k

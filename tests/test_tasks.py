@@ -177,6 +177,13 @@ def test_two_moons(data):
         assert 80 <= int(y.sum()) <= 120  # two moons of about equal size
     assert not torch.equal(d.X_train, d.X_test)  # the test set is a fresh draw
     assert "make_moons" in d.source
+    # the notebook's draw: numpy's global generator seeded with the seed, train then test
+    from sklearn.datasets import make_moons
+
+    np.random.seed(0)
+    Xtr, _ = make_moons(200, noise=0.1)
+    Xte, _ = make_moons(200, noise=0.1)
+    assert np.allclose(d.X_train.numpy(), Xtr) and np.allclose(d.X_test.numpy(), Xte)
 
 
 # -- algorithmic tasks -------------------------------------------------------------------------
@@ -194,7 +201,10 @@ def _full_table(d: Data, n: int) -> np.ndarray:
 def test_algorithmic_split_is_80_20_of_all_pairs(name, n, data):
     d = data[name]
     assert d.X_train.dtype == torch.long and d.X_train.shape[1] == 2
-    assert len(d.X_train) == round(0.8 * n * n) and len(d.X_test) == n * n - round(0.8 * n * n)
+    assert len(d.X_train) == int(0.8 * n * n) and len(d.X_test) == n * n - int(0.8 * n * n)
+    # the notebooks' draw: numpy seeded with the seed picks pair numbers k = a + n b
+    k = np.random.RandomState(0).choice(n * n, int(0.8 * n * n), replace=False)
+    assert d.X_train.tolist() == np.stack([k % n, k // n], 1).tolist()
     train_pairs = {tuple(r) for r in d.X_train.tolist()}
     assert not train_pairs & {tuple(r) for r in d.X_test.tolist()}
     assert int(d.X_train.max()) == n - 1 and int(d.X_train.min()) == 0
@@ -460,3 +470,27 @@ def test_vanilla_group_tasks_use_weight_decay():
         assert TrainConfig(task=name, method="vanilla").resolved().weight_decay == 1.0
         assert TrainConfig(task=name, method="bimt").resolved().weight_decay == 0.0
         assert TrainConfig(task=name, method="vanilla", weight_decay=0.0).resolved().weight_decay == 0.0
+
+
+def test_float64_tasks_start_from_the_notebooks_float64_weights():
+    """S4's notebook builds its model in float64 (a float64 draw is not a float32 draw cast
+    up), so our seed N starts from its seed-N weights and embedding."""
+    from bimt.config import TrainConfig
+    from bimt.train import build_run
+
+    task = get_task("permutation-s4")
+    model, _ = build_run(TrainConfig(task="permutation-s4", seed=3).resolved(task), task)
+    torch.manual_seed(3)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        linears = [torch.nn.Linear(64, 50), torch.nn.Linear(50, 50), torch.nn.Linear(50, 24)]
+        embedding = torch.normal(0, 1, size=(24, 32))
+    finally:
+        torch.set_default_dtype(previous)
+    state = model.state_dict()
+    assert torch.equal(state["embedding"], embedding)
+    for i, lin in enumerate(linears):
+        assert torch.equal(state[f"linears.{i}.weight"], lin.weight)
+        assert torch.equal(state[f"linears.{i}.bias"], lin.bias)
+    assert torch.get_default_dtype() == previous

@@ -23,6 +23,7 @@ trains one run per process (:mod:`bimt.reproduce`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -39,7 +40,7 @@ from .fileio import write_json
 from .models import BioMLP
 from .models.wiring import wiring_of
 from .runs import (
-    _n_outputs, load_checkpoint, save_checkpoint, targets, write_history_csv, write_metrics,
+    _n_outputs, claim_run_dir, load_checkpoint, save_checkpoint, targets, write_history_csv, write_metrics,
     write_plots,
 )
 from .spec import fold_index
@@ -305,6 +306,7 @@ def fit_many(
     progress: bool = True,
     plots: bool = True,
     device=None,
+    force: bool = False,
     **overrides,
 ) -> list[TrainResult]:
     """Train many runs of one task at once; one :class:`TrainResult` per run, in order.
@@ -315,7 +317,8 @@ def fit_many(
     skips runs whose ``metrics.json`` exists and continues those with a checkpoint.
     Each member gets exactly the data, initialisation and updates of ``bimt.fit`` with its
     config; ``metrics.json`` adds ``batched_members`` (runs in its stack) and its ``wall_s`` is
-    the whole stack's wall time.
+    the whole stack's wall time. Each run directory is held as :func:`bimt.fit` holds its own
+    (one writer; another run's directory refused unless ``force``).
     """
     task_obj = overrides.pop("task", None)
     if isinstance(task_obj, str):
@@ -350,15 +353,23 @@ def fit_many(
                 )
             start = m.checkpoint["step"]
         groups.setdefault(_group_key(m.cfg, start), []).append(i)
-    for idx in groups.values():
-        task = task_obj or get_task(members[idx[0]].cfg.task)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(members[idx[0]].cfg.threads)
-        try:
-            for i, r in zip(idx, _train_stack([members[i] for i in idx], task, device, progress, plots)):
-                results[i] = r
-        finally:
-            torch.set_num_threads(threads)
+    with contextlib.ExitStack() as held:
+        for idx in groups.values():
+            for i in idx:
+                if members[i].run_dir is not None:
+                    held.enter_context(claim_run_dir(
+                        members[i].run_dir, dataclasses.asdict(members[i].config),
+                        resume=resume, force=force))
+        for idx in groups.values():
+            task = task_obj or get_task(members[idx[0]].cfg.task)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(members[idx[0]].cfg.threads)
+            try:
+                for i, r in zip(idx, _train_stack([members[i] for i in idx], task, device,
+                                                  progress, plots)):
+                    results[i] = r
+            finally:
+                torch.set_num_threads(threads)
     return results
 
 

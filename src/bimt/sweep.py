@@ -26,7 +26,8 @@ from .fileio import atomic_write_bytes, write_json
 __all__ = ["sweep", "parse_grid", "pareto_front", "SWEEP_BACKENDS"]
 
 SWEEP_BACKENDS = ("local", "ray")
-METRICS = ("test_loss", "test_acc", "modularity", "connection_cost", "train_loss")
+METRICS = ("test_loss", "test_acc", "modularity", "connection_cost", "train_loss", "crossings",
+           "module_crossings")
 
 
 def parse_grid(items) -> dict[str, list]:

@@ -176,10 +176,13 @@ for _name, _desc, _f, _nin, _lin, _lout, _widths in [
 
 # -- two moons (paper §3.2, App. C) ----------------------------------------------------------
 def _two_moons(seed: int, data_dir=None) -> Data:
+    """Drawn as the notebook draws them: one numpy generator seeded with the run's seed, the
+    training set first, then the test set (so seed N is the notebook's seed N)."""
     from sklearn.datasets import make_moons
 
-    Xtr, ytr = make_moons(200, noise=0.1, random_state=seed)
-    Xte, yte = make_moons(200, noise=0.1, random_state=seed + 10_000)
+    rng = np.random.RandomState(seed % 2**32)
+    Xtr, ytr = make_moons(200, noise=0.1, random_state=rng)
+    Xte, yte = make_moons(200, noise=0.1, random_state=rng)
     f = lambda a: torch.tensor(a, dtype=torch.float32)
     return Data(f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte), "generated (sklearn make_moons)",
                 ["x1", "x2"], ["class 1", "class 2"])
@@ -211,14 +214,21 @@ def _group_table(kind: str):
 
 
 def _algorithmic(kind: str):
+    """The 80/20 split drawn as the notebooks draw it: numpy's legacy generator seeded with the
+    run's seed picks ``int(0.8 n)`` of the ``n`` pairs, numbered as the notebooks number them
+    (pair ``k`` is ``(k % p, k // p)``), so seed N is the notebooks' seed N."""
+
     def make(seed: int, data_dir=None) -> Data:
         a, b, c, names = _group_table(kind)
-        order = np.random.default_rng(seed).permutation(len(a))
-        n_train = int(round(0.8 * len(a)))
-        X = torch.tensor(np.stack([a, b], 1)[order])
-        y = torch.tensor(c[order])
-        return Data(X[:n_train], y[:n_train], X[n_train:], y[n_train:], "generated",
-                    ["a", "b"], names)
+        n = len(a)
+        p = int(round(math.sqrt(n)))
+        train_k = np.random.RandomState(seed % 2**32).choice(n, int(0.8 * n), replace=False)
+        test_k = np.setdiff1d(np.arange(n), train_k)
+        # notebook pair k = (k % p, k // p) is row (k % p) * p + k // p of our table
+        train, test = (train_k % p) * p + train_k // p, (test_k % p) * p + test_k // p
+        X = torch.tensor(np.stack([a, b], 1))
+        y = torch.tensor(c)
+        return Data(X[train], y[train], X[test], y[test], "generated", ["a", "b"], names)
 
     return make
 

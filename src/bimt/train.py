@@ -268,7 +268,14 @@ def build_run(cfg: TrainConfig, task: Task, device=None) -> tuple[nn.Module, Dat
     """
     _seed_everything(cfg.seed)
     data = dataclasses.replace(task.make_data(cfg.seed, cfg.data_dir))
-    model = task.make_model(dataclasses.asdict(cfg))
+    # Built in the run's dtype, as the float64 notebooks build theirs (a float64 draw is not a
+    # float32 draw cast up), so seed N starts from the notebook's seed-N weights.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, cfg.dtype))
+    try:
+        model = task.make_model(dataclasses.asdict(cfg))
+    finally:
+        torch.set_default_dtype(previous)
     wiring = wiring_of(model)
     if cfg.dtype != "float32" or device is not None:
         dtype = getattr(torch, cfg.dtype)
