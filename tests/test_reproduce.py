@@ -205,3 +205,22 @@ def test_workers_exit_when_reproduce_is_killed(tmp_path):
         assert not any(_alive(p) for p in workers), "workers outlived the killed reproduction"
     finally:
         proc.kill()
+
+
+def test_a_task_needing_several_stacks_gives_one_job_per_stack():
+    """Vanilla modular addition trains with its own weight decay, so it cannot share the L1 and
+    BIMT runs' stack: two jobs (two workers), each the stack fit_many would form."""
+    from bimt.batched import _group_key
+    from bimt.reproduce import _job_config, _stacks
+
+    runs = [dict(task=t, method=m, seed=s, run_dir=f"{t}-{m}-{s}")
+            for t in ("modular-addition", "two-moons") for m in ("vanilla", "l1", "bimt")
+            for s in (0, 1)]
+    mod = _stacks([r for r in runs if r["task"] == "modular-addition"])
+    assert [[(r["method"], r["seed"]) for r in st] for st in mod] == [
+        [("vanilla", 0), ("vanilla", 1)], [("l1", 0), ("l1", 1), ("bimt", 0), ("bimt", 1)]]
+    moons = _stacks([r for r in runs if r["task"] == "two-moons"])
+    assert len(moons) == 1 and len(moons[0]) == 6
+    for stack in mod + moons:
+        keys = {_group_key(_job_config(r).resolved(get_task(r["task"])), 0) for r in stack}
+        assert len(keys) == 1

@@ -3,8 +3,8 @@
 Each run is an ordinary run directory under ``OUT/runs/TASK/METHOD-sSEED``; a run whose
 ``metrics.json`` exists is skipped and one with only a checkpoint is resumed, so an interrupted
 reproduction picks up where it stopped. Workers are separate processes with one torch thread
-each; with the default batched backend a worker trains all runs of one MLP task as one stacked
-model (:mod:`bimt.batched`).
+each; with the default batched backend a worker trains the runs of one MLP task that can share a
+stack as one stacked model (:mod:`bimt.batched`).
 """
 
 from __future__ import annotations
@@ -151,6 +151,20 @@ def _run_job(job: dict) -> tuple[list[dict], float]:
 BACKENDS = ("batched", "processes")
 
 
+def _stacks(runs: list[dict]) -> list[list[dict]]:
+    """A task's runs split into the stacks :func:`bimt.batched.fit_many` would form from them
+    (vanilla with its own weight decay is one, say), one job each: a task that needs several
+    stacks spreads over the workers, and every stack, so every number, stays as it was."""
+    from .batched import _group_key
+    from .tasks import get_task
+
+    stacks: dict[tuple, list[dict]] = {}
+    for r in runs:
+        cfg = _job_config(r).resolved(get_task(r["task"]))
+        stacks.setdefault(_group_key(cfg, 0), []).append(r)
+    return list(stacks.values())
+
+
 def _stackable(task_name: str) -> bool:
     """Whether the task's model is a BioMLP (which ``bimt.batched`` stacks)."""
     import dataclasses
@@ -171,9 +185,9 @@ def reproduce(
 ) -> list[dict]:
     """Run the grid, then write results.csv, table1.md, table2.md and one figure per task.
 
-    ``backend="batched"`` trains all methods and seeds of an MLP task as one stacked model
-    (:mod:`bimt.batched`), one task per worker; the transformer's runs, and every run with
-    ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
+    ``backend="batched"`` trains an MLP task's runs as stacked models (:mod:`bimt.batched`),
+    one stack per job (all its runs, or each group of runs that can share a stack); the
+    transformer's runs, and every run with ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
     time, and ``job_s``: each task's summed job wall times.
     """
     from tqdm.auto import tqdm
@@ -207,7 +221,7 @@ def reproduce(
     for t in tasks:
         mine = [r for r in runs if r["task"] == t]
         if backend == "batched" and _stackable(t):
-            jobs.append(dict(task=t, stack=mine, device=device))
+            jobs.extend(dict(task=t, stack=stack, device=device) for stack in _stacks(mine))
         else:
             jobs.extend(mine)
     # longest first, so the slow tasks do not end up alone at the end
