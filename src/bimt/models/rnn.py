@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._checks import positive_int
 from ..cost import CostSettings
 from ..geometry import grid, grid3d
 from ..geometry import layout as make_layout
@@ -80,8 +81,7 @@ class BioRNN(WiredModule):
     ):
         super().__init__()
         for what, v in (("d_in", d_in), ("hidden", hidden), ("d_out", d_out)):
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"{what} must be a positive integer, got {v!r}")
+            positive_int(v, what)
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; allowed: {', '.join(CELLS)}")
         self.d_in, self.n_hidden, self.d_out, self.cell_type = d_in, hidden, d_out, cell
