@@ -5,7 +5,7 @@ import sys
 import time
 
 import bimt
-from bimt.train import train
+from bimt.training.loop import train
 dtype = sys.argv[1] if len(sys.argv) > 1 else "float64"
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 2000
 task = sys.argv[3] if len(sys.argv) > 3 else "symbolic-independence"

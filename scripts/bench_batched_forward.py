@@ -1,10 +1,10 @@
 """Forward+backward of 5 stacked symbolic MLPs (4-20-20-2, 100 samples): torch.func vmap vs
-stacked bmm with autograd vs the hand-written backward of bimt.batched vs 5 separate models.
+stacked bmm with autograd vs the hand-written backward of bimt.training.batched vs 5 separate models.
 Run: .venv/bin/python scripts/bench_batched_forward.py"""
 import time, torch, copy
 from torch.func import functional_call, stack_module_state, vmap, grad
 import bimt
-from bimt.batched import StackedMLP, _member_losses
+from bimt.training.batched import StackedMLP, _member_losses
 torch.set_num_threads(1)
 S = 5
 members = []

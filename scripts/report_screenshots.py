@@ -11,7 +11,7 @@ from pathlib import Path
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 
-from bimt.view import write_report
+from bimt.training.view import write_report
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ import torch
 
 import bimt
 from bimt.analysis import intervene
-from bimt.fileio import write_json
+from bimt.core.fileio import write_json
 from bimt.analysis import input_output_paths
 
 

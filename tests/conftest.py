@@ -95,7 +95,7 @@ def apply_report(module, spec, report, optimizer=None) -> None:
         bimt.apply_permutation(module, spec, g, perm, optimizer)
 
 
-# -- reference geometry (independent of bimt.geometry) ----------------------------------------
+# -- reference geometry (independent of bimt.core.geometry) ----------------------------------------
 def ref_coords(kind, n: int) -> list[tuple[float, ...]]:
     """Unit positions of a layer, per DESIGN.md section 1."""
     if kind == "line":

@@ -1,4 +1,4 @@
-"""bimt.batched: a stacked run of S members gives each member the numbers of its own run.
+"""bimt.training.batched: a stacked run of S members gives each member the numbers of its own run.
 
 In float64 the two agree to rounding (bmm and mm sum in different orders); float32 would let a
 one-ulp difference flip an L1 subgradient sign(w) at w ~ 0 or a swap decision, so the equality
@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bimt
-import bimt.batched as bb
-from bimt.batched import StackedMLP, fit_many
-from bimt.train import load_checkpoint, load_model, train
+import bimt.training.batched as bb
+from bimt.training.batched import StackedMLP, fit_many
+from bimt.training.loop import load_checkpoint, load_model, train
 
 QUIET = dict(progress=False, plots=False)
 
@@ -31,7 +31,7 @@ def _max_diff(a: torch.nn.Module, b: torch.nn.Module) -> float:
 
 
 class SwapCounter:
-    """Wraps ``bimt.batched.swap_pass``; counts the swaps made (so a test knows swaps happened)."""
+    """Wraps ``bimt.training.batched.swap_pass``; counts the swaps made (so a test knows swaps happened)."""
 
     def __init__(self, monkeypatch, interrupt_at_call=None):
         self.real, self.calls, self.swaps = bb.swap_pass, 0, 0
@@ -184,7 +184,7 @@ def test_runs_that_cannot_share_a_stack_are_split(monkeypatch):
 def test_bimt_fit_with_seeds_returns_one_result_per_seed():
     results = bimt.fit(task="two-moons", seeds=[2, 5], steps=5, **QUIET)
     assert [r.config.seed for r in results] == [2, 5]
-    assert isinstance(bimt.fit(task="two-moons", steps=5, **QUIET), bimt.train.TrainResult)
+    assert isinstance(bimt.fit(task="two-moons", steps=5, **QUIET), bimt.training.loop.TrainResult)
 
 
 def test_errors_name_the_bad_value(tmp_path):
@@ -211,7 +211,7 @@ def test_cuda_stack_matches_cpu():
 def test_run_dirs_are_held_and_another_runs_dir_is_refused(tmp_path):
     """fit_many holds each run directory as bimt.fit does: one writer at a time, and a fresh
     run does not overwrite another run's files unless force=True."""
-    from bimt.runs import RunDirBusy, claim_run_dir
+    from bimt.training.runs import RunDirBusy, claim_run_dir
 
     kw = dict(task="two-moons", steps=20, progress=False, plots=False)
     busy = tmp_path / "busy"

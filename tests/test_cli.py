@@ -10,10 +10,10 @@ import sys
 import pytest
 import torch
 
-import bimt.train as bt
+import bimt.training.loop as bt
 from bimt.cli import main
 from bimt.tasks import TASKS
-from bimt.train import METHODS, load_checkpoint
+from bimt.training.loop import METHODS, load_checkpoint
 
 
 def run_ok(capsys, *argv) -> str:

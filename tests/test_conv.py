@@ -79,10 +79,10 @@ def test_conv_weight_charged_per_channel_pair():
                         y_star=0.5), 0)
     cost = model.wiring.connection_cost
     W = model.convs[0].weight.detach().abs().double()
-    d = bimt.geometry.pairwise_distance(bimt.geometry.line(3), bimt.geometry.line(2), 2.0, 0.5)
+    d = bimt.core.geometry.pairwise_distance(bimt.core.geometry.line(3), bimt.core.geometry.line(2), 2.0, 0.5)
     expected_conv = float((W.sum((2, 3)).numpy() * d).sum())
     lin = model.linears[0].weight.detach().abs().double()
-    d_lin = np.tile(bimt.geometry.pairwise_distance(bimt.geometry.line(2), bimt.geometry.line(3),
+    d_lin = np.tile(bimt.core.geometry.pairwise_distance(bimt.core.geometry.line(2), bimt.core.geometry.line(3),
                                                     2.0, 0.5), (1, 4))  # 2x2 positions, folds
     biases = sum(float(t.detach().abs().sum()) * 0.5 for n, t in model.named_parameters()
                  if n.endswith("bias"))

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bimt
-from bimt import ConnectionCost, geometry
+from bimt import ConnectionCost
+from bimt.core import geometry
 from conftest import build, mlp_configs, ref_cost
 
 

@@ -6,7 +6,7 @@ import torch
 
 import bimt
 from bimt import BioMLP
-from bimt.crossings import crossings
+from bimt.core.crossings import crossings
 
 
 def _mlp(*weights, widths):
@@ -82,7 +82,7 @@ def test_not_a_line_gives_none():
 
 def test_conv_and_recurrent_networks_give_none():
     from bimt.tasks import get_task
-    from bimt.config import TrainConfig
+    from bimt.training.config import TrainConfig
 
     for name in ("cnn-mnist", "two-stream"):
         cfg = TrainConfig(task=name).resolved()

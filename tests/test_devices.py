@@ -8,8 +8,8 @@ import torch
 import bimt
 from bimt.analysis import modularity
 from bimt.cli import main
-from bimt.devices import resolve_device
-from bimt.train import train
+from bimt.training.devices import resolve_device
+from bimt.training.loop import train
 
 QUIET = dict(progress=False, plots=False)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")

@@ -13,8 +13,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import bimt.train as bt
-from bimt.train import load_checkpoint, train
+import bimt.training.loop as bt
+from bimt.training.loop import load_checkpoint, train
 
 CONFIG = dict(task="symbolic-independence", steps=300, swap_every=50, eval_every=100,
               dtype="float64", seed=3)
@@ -78,7 +78,7 @@ def test_torchrun_bimt_train(tmp_path):
 
 
 def test_uneven_batch_is_refused():
-    from bimt import distributed
+    from bimt.training import distributed
 
     x = torch.zeros(5, 2)
     assert distributed.shard(x, x)[0] is x  # one process: the whole batch

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import bimt
 from bimt.cli import main
-from bimt.configtypes import SEED_MAX
+from bimt.training.configtypes import SEED_MAX
 
 
 def test_version(capsys):
@@ -102,7 +102,7 @@ def test_reproduce_seeds_are_seed_numbers():
 
 
 def test_reproduce_runs_the_named_seeds(tmp_path):
-    from bimt.reproduce import reproduce
+    from bimt.experiments.reproduce import reproduce
 
     results = reproduce(tasks=["symbolic-independence"], methods=["bimt"], seeds=[3],
                         workers=1, out=tmp_path, steps=3, progress=False)
@@ -166,7 +166,7 @@ def test_fuzz_random_configs_never_traceback(tmp_path_factory, capsys, config):
 
 
 def test_ctrl_c_before_any_checkpoint_says_the_run_starts_over(tmp_path, capsys, monkeypatch):
-    import bimt.train as bt
+    import bimt.training.loop as bt
 
     def interrupted(*args, **kw):
         raise KeyboardInterrupt

@@ -1,4 +1,4 @@
-"""bimt.geometry and bimt.spec.Group: positions, distances, and the errors for bad shapes."""
+"""bimt.core.geometry and bimt.core.spec.Group: positions, distances, and the errors for bad shapes."""
 
 import math
 
@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bimt import Group, PermutationSpec, geometry
+from bimt import Group, PermutationSpec
+from bimt.core import geometry
 from conftest import ref_coords, ref_distance
 
 

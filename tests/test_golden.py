@@ -1,13 +1,12 @@
 """Behaviour preserved: short pinned runs give the recorded metrics (1e-6 relative)."""
 
-import json
 import math
 
 import pytest
 
-from golden_runs import GOLDEN_FILE, KEYS, RUNS, run
+from golden_runs import KEYS, RUNS, golden, run
 
-GOLDEN = json.loads(GOLDEN_FILE.read_text())
+GOLDEN = golden()
 
 
 @pytest.mark.parametrize("task", sorted(RUNS))

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import bimt
-import bimt.train as bt
+import bimt.training.loop as bt
 from bimt import CostSettings, Group, PermutationSpec, attach, wiring_of
-from bimt.runs import load_checkpoint, load_model
+from bimt.training.runs import load_checkpoint, load_model
 
 QUIET = dict(progress=False, plots=False)
 
@@ -29,7 +29,7 @@ class TwoBranch(nn.Module):
 
 
 def two_branch_spec(hidden=6, drop=(), freeze_inputs=True, hidden_a=None):
-    groups = [Group("x", bimt.geometry.line(4), frozen=freeze_inputs),
+    groups = [Group("x", bimt.core.geometry.line(4), frozen=freeze_inputs),
               Group("a", np.linspace(0.05, 0.45, hidden_a or hidden)),
               Group("b", np.linspace(0.55, 0.95, hidden)),
               Group("ya", [0.25], frozen=True), Group("yb", [0.75], frozen=True)]
@@ -342,7 +342,7 @@ def test_figures_show_inline_as_png():
 
 
 def test_saved_configs_with_the_old_setting_name_still_load():
-    from bimt.config import TrainConfig
+    from bimt.training.config import TrainConfig
 
     assert TrainConfig.from_dict({"last_distance_free": True}).distance_free == ["last"]
     assert TrainConfig.from_dict({"last_distance_free": False}).distance_free == []

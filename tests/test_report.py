@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from bimt.cli import main
-from bimt.view import report
+from bimt.training.view import report
 from bimt.viz.report import Report
 
 
@@ -53,7 +53,7 @@ def test_view_writes_one_self_contained_page(animated_run, capsys):
 def test_weights_round_trip_through_quantisation(animated_run):
     import numpy as np
 
-    from bimt.runs import load_model
+    from bimt.training.runs import load_model
     from bimt.viz.graph import layered_view
 
     rep = report(animated_run)

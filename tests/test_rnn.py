@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bimt
-from bimt import ConnectionCost, Group, PermutationSpec, geometry
-from bimt.bench import naive_greedy_pass
-from bimt.recurrent import linearised, quadratic_cost, quadratic_gains, recurrent_terms
+from bimt import ConnectionCost, Group, PermutationSpec
+from bimt.core import geometry
+from bimt.experiments.bench import naive_greedy_pass
+from bimt.core.recurrent import linearised, quadratic_cost, quadratic_gains, recurrent_terms
 
 ATOL = 1e-5
 
@@ -193,7 +194,7 @@ def test_grid3d_layout():
 def test_communicability_cost_matches_formula_and_gradient():
     from scipy.linalg import expm
 
-    from bimt.communicability import CommunicabilityCost
+    from bimt.core.communicability import CommunicabilityCost
 
     model = _build(dict(d_in=2, hidden=8, d_out=2, layout=(2, 2, 2), A=2.0, y_star=0.5), 1)
     cost = CommunicabilityCost(model.spec, A=2.0, y_star=0.5)
@@ -217,7 +218,7 @@ def test_communicability_cost_matches_formula_and_gradient():
 
 
 def test_sernn_method_trains_without_swaps(monkeypatch):
-    import bimt.train as bt
+    import bimt.training.loop as bt
 
     calls = []
     monkeypatch.setattr(bt, "swap_pass", lambda *a, **k: calls.append(1))
@@ -239,7 +240,7 @@ def test_two_stream_data():
 
 
 def test_goal_inference_labels_reach_the_goal():
-    from bimt.tasks_extra import MOVES, goal_inference_arrays
+    from bimt.tasks.extra import MOVES, goal_inference_arrays
 
     d = bimt.tasks.Data(*goal_inference_arrays(0, n_train=200, n_test=10, noise=0.0))
     goal = d.X_train[:, 0, :9].argmax(1)
@@ -315,7 +316,7 @@ def test_plot_rnn(layout):
 
 
 def test_bench_times_the_rnn_and_cnn_swap():
-    from bimt.bench import bench_task_swap, format_table
+    from bimt.experiments.bench import bench_task_swap, format_table
 
     assert bench_task_swap("two-stream", repeats=1) > 0
     assert bench_task_swap("cnn-mnist", repeats=1) > 0

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from bimt.cli import main
-from bimt.runs import LOCK_NAME, RunDirBusy, claim_run_dir
-from bimt.train import train
+from bimt.training.runs import LOCK_NAME, RunDirBusy, claim_run_dir
+from bimt.training.loop import train
 
 QUIET = dict(progress=False, plots=False)
 TINY = dict(task="two-moons", steps=4, swap_every=2)

@@ -11,9 +11,9 @@ import bimt
 ROOT = Path(bimt.__file__).parent
 
 #: Conveniences of the handle that reach *up* the layers, on first use only: ``Wiring.plot``
-#: draws with :mod:`bimt.viz`, ``wiring_of(run_dir)`` loads with :mod:`bimt.runs`. Both layers
+#: draws with :mod:`bimt.viz`, ``wiring_of(run_dir)`` loads with :mod:`bimt.training.runs`. Both layers
 #: build on ``models``; these two calls are the only way back, and never at import time.
-UPWARD = {("bimt.models.wiring", "bimt.viz"), ("bimt.models.wiring", "bimt.runs")}
+UPWARD = {("bimt.models.wiring", "bimt.viz"), ("bimt.models.wiring", "bimt.training.runs")}
 
 
 def _modules() -> dict[str, Path]:
@@ -109,7 +109,7 @@ def test_the_walker_sees_a_cycle():  # so the two tests above can fail
 def test_train_and_analysis_do_not_import_each_other():
     graph = _graph(include_lazy=True)
     analysis = [m for m in graph if m.startswith("bimt.analysis")]
-    assert not any(t.startswith(("bimt.train", "bimt.runs")) for m in analysis for t in graph[m])
+    assert not any(t.startswith(("bimt.training.loop", "bimt.training.runs")) for m in analysis for t in graph[m])
 
 
 def test_no_model_type_sniffing_outside_models():
@@ -154,7 +154,7 @@ def test_public_names_resolve_and_the_readme_uses_real_ones():
     import bimt.analysis
     import bimt.viz
 
-    for module in (bimt, bimt.analysis, bimt.viz, bimt.swap, bimt.models):
+    for module in (bimt, bimt.analysis, bimt.viz, bimt.core.swap, bimt.models):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""bimt.swap: swap passes never change the function, never raise the cost, reach the same swaps
+"""bimt.core.swap: swap passes never change the function, never raise the cost, reach the same swaps
 as the naive reference search, and commute with training when the optimizer state moves too."""
 
 import copy
@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bimt
-from bimt import ConnectionCost, Group, PermutationSpec, geometry
-from bimt.spec import fold_index
+from bimt import ConnectionCost, Group, PermutationSpec
+from bimt.core import geometry
+from bimt.core.spec import fold_index
 from conftest import apply_report, build, inputs, mlp_configs, state
 
 ATOL = 1e-5

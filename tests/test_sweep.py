@@ -8,7 +8,7 @@ import json
 import pytest
 
 from bimt.cli import main
-from bimt.sweep import pareto_front, parse_grid, sweep
+from bimt.experiments.sweep import pareto_front, parse_grid, sweep
 
 GRID = ["lambda=1e-3,1e-2", "A=0.5,2"]
 KW = dict(seeds=[0, 1], steps=30, objective="modularity", constraint="test_acc>=0.5",
@@ -30,7 +30,7 @@ def test_local_sweep_rows_files_and_rerun(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished trial was trained again")
 
-    monkeypatch.setattr("bimt.batched._train_stack", no_training)
+    monkeypatch.setattr("bimt.training.batched._train_stack", no_training)
     assert sweep("two-moons", parse_grid(GRID), out=tmp_path, **KW) == rows
 
 
@@ -108,8 +108,8 @@ def test_ray_worker_killed_mid_trial_keeps_finished_trials(tmp_path):
 
     import ray
 
-    from bimt.batched import fit_many
-    from bimt.config import TrainConfig
+    from bimt.training.batched import fit_many
+    from bimt.training.config import TrainConfig
 
     grid = parse_grid(["lambda=1e-3,1e-2"])
     kw = dict(seeds=[0, 1], steps=6000, checkpoint_every=500, progress=False)

@@ -23,7 +23,7 @@ from bimt.tasks import (
     task_from_arrays,
     task_from_function,
 )
-from bimt.train import TrainConfig, train
+from bimt.training.loop import TrainConfig, train
 
 QUIET = dict(progress=False, plots=False)
 BUILTIN = [
@@ -475,8 +475,8 @@ def test_vanilla_group_tasks_use_weight_decay():
 def test_float64_tasks_start_from_the_notebooks_float64_weights():
     """S4's notebook builds its model in float64 (a float64 draw is not a float32 draw cast
     up), so our seed N starts from its seed-N weights and embedding."""
-    from bimt.config import TrainConfig
-    from bimt.train import build_run
+    from bimt.training.config import TrainConfig
+    from bimt.training.loop import build_run
 
     task = get_task("permutation-s4")
     model, _ = build_run(TrainConfig(task="permutation-s4", seed=3).resolved(task), task)

@@ -8,7 +8,7 @@ pytest.importorskip("tensorboard")
 
 import bimt  # noqa: E402
 from bimt.cli import main  # noqa: E402
-from bimt.tblog import SCALARS  # noqa: E402
+from bimt.training.tblog import SCALARS  # noqa: E402
 
 
 def _accumulate(logdir):

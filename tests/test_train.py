@@ -1,4 +1,4 @@
-"""bimt.train: every task end to end, the five methods, determinism, resume, divergence,
+"""bimt.training.loop: every task end to end, the five methods, determinism, resume, divergence,
 config validation, checkpoints and the lambda schedule.
 
 Runs are a few steps long (the whole file takes well under a minute on one core); the only
@@ -22,9 +22,9 @@ import pytest
 import torch
 
 import bimt
-import bimt.train as bt
+import bimt.training.loop as bt
 from bimt.tasks import TASKS, get_task
-from bimt.train import (
+from bimt.training.loop import (
     METHODS,
     TrainConfig,
     TrainingDiverged,
@@ -43,7 +43,7 @@ QUIET = dict(progress=False, plots=False)
 
 # -- helpers -------------------------------------------------------------------------------
 class SwapSpy:
-    """Wraps ``bimt.train.swap_pass``: records every call (and its report); may interrupt."""
+    """Wraps ``bimt.training.loop.swap_pass``: records every call (and its report); may interrupt."""
 
     def __init__(self, monkeypatch, interrupt_at_call: int | None = None):
         self.real = bt.swap_pass
@@ -581,7 +581,7 @@ def test_copying_a_run_dir_gives_a_resumable_run(tmp_path):
 
 
 def test_float64_training_and_reload(tmp_path):
-    from bimt.train import TrainConfig, load_model, train
+    from bimt.training.loop import TrainConfig, load_model, train
 
     result = train(TrainConfig(task="two-moons", steps=20, eval_every=10, dtype="float64"),
                    out=tmp_path / "run", progress=False, plots=False)

@@ -8,38 +8,34 @@ Every name loads on first use (``bimt.BioMLP`` imports torch then), so ``import 
 keeps the handle on it (``module.bimt``); ``bimt.wiring_of(x)`` finds it.
 """
 
-import importlib
+from importlib import import_module as _import_module
 
 __version__ = "0.1.0"
 
-_LAZY_MODULES = ("analysis", "batched", "bench", "geometry", "reproduce", "runs", "tasks", "train", "view", "viz")
-_LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
-               "task_from_function": "tasks", "register_task": "tasks",
-               "ConnectionCost": "cost", "CostSettings": "cost", "BioMLP": "models", "BioRNN": "models", "BioCNN": "models",
-               "BioTransformer": "models", "Wiring": "models", "attach": "models",
-               "wiring_of": "models", "Group": "spec", "PermutationSpec": "spec",
-               "SOLVERS": "swap", "SwapReport": "swap", "apply_permutation": "swap",
-               "register_solver": "swap", "swap_pass": "swap"}
+#: Subpackages reachable as ``bimt.NAME`` (see docs/ARCHITECTURE.md for the layers).
+_SUBPACKAGES = ("core", "models", "tasks", "training", "analysis", "viz", "experiments")
+#: Public names and the module that defines each.
+_NAMES = {
+    "fit": "training.batched", "fit_many": "training.batched", "TrainConfig": "training.config",
+    "TrainResult": "training.loop", "load_model": "training.runs",
+    "Task": "tasks", "task_from_arrays": "tasks", "task_from_function": "tasks", "register_task": "tasks",
+    "ConnectionCost": "core.cost", "CostSettings": "core.cost", "Group": "core.spec",
+    "PermutationSpec": "core.spec", "SOLVERS": "core.swap", "SwapReport": "core.swap",
+    "apply_permutation": "core.swap", "register_solver": "core.swap", "swap_pass": "core.swap",
+    "BioMLP": "models", "BioRNN": "models", "BioCNN": "models", "BioTransformer": "models",
+    "Wiring": "models", "attach": "models", "wiring_of": "models",
+}
 
-__all__ = [
-    "BioCNN", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
-    "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
-    "register_solver", "SOLVERS", "fit", "fit_many", "TrainConfig", "load_model", "Task", "task_from_arrays",
-    "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",
-]
+__all__ = sorted(_NAMES) + ["analysis", "viz", "tasks"]
 
 
 def __getattr__(name):
-    if name == "fit":  # ``bimt.fit(task=..., steps=...)``: the trainer (with ``seeds=[...]``, batched)
-        return importlib.import_module(".batched", __name__).fit
-    if name == "fit_many":
-        return importlib.import_module(".batched", __name__).fit_many
-    if name in _LAZY_MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    if name in _SUBPACKAGES:
+        return _import_module(f".{name}", __name__)
+    if name in _NAMES:
+        return getattr(_import_module(f".{_NAMES[name]}", __name__), name)
     raise AttributeError(f"module 'bimt' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(__all__) | set(_SUBPACKAGES) | {"__version__"})

@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-from .configtypes import SEED_MAX
+from .training.configtypes import SEED_MAX
 
 
 class _LazyChoices:
@@ -141,7 +141,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on a task with BIMT (or an ablation)")
     t.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
                    help="a built-in task; bimt tasks lists them with their defaults")
-    t.add_argument("--method", choices=_LazyChoices("config", "METHODS"), metavar="METHOD",
+    t.add_argument("--method", choices=_LazyChoices("training.config", "METHODS"), metavar="METHOD",
                    help="vanilla | l1 | l1-local | l1-swap | bimt | sernn (RNNs) (default: bimt)")
     t.add_argument("--seed", type=_seed_arg, help=f"seed number, 0 to {SEED_MAX} (default: 0)")
     t.add_argument("--steps", type=int, help=f"training steps ({task_default})")
@@ -160,7 +160,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--p", type=float, help="distance norm, 1 = L1, 2 = L2 (default: 1)")
     t.add_argument("--top-k", type=int, help=f"neurons per layer tried in a swap pass ({task_default})")
     t.add_argument("--swap-every", type=int, help=f"steps between swap passes ({task_default})")
-    t.add_argument("--swap-mode", choices=_LazyChoices("swap", "swap_modes"), metavar="MODE",
+    t.add_argument("--swap-mode", choices=_LazyChoices("core.swap", "swap_modes"), metavar="MODE",
                    help="greedy (the paper's) | exact (linear assignment) | untangle (whole layouts, modules side by side) (default: the task's)")
     t.add_argument("--eval-every", type=int,
                    help="steps between evaluations (default: steps/20, at most the task's)")
@@ -179,7 +179,7 @@ def _build_parser() -> argparse.ArgumentParser:
     t.add_argument("--force", action="store_true",
                    help="replace what --out holds (another run, or files that are not a run's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE",
+    t.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE",
                    help="cpu, cuda or auto; under torchrun each rank uses its own GPU (default: cpu)")
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
@@ -206,11 +206,11 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2, help="parallel processes")
     r.add_argument("--out", default="reproduction", help="output directory")
     r.add_argument("--data-dir", help="MNIST files (default: the built-in subset)")
-    r.add_argument("--backend", choices=_LazyChoices("reproduce", "BACKENDS"), metavar="BACKEND",
+    r.add_argument("--backend", choices=_LazyChoices("experiments.reproduce", "BACKENDS"), metavar="BACKEND",
                    default="batched",
                    help="batched: all runs of an MLP task as one stacked model; "
                         "processes: one run per worker")
-    r.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE", help="cpu | cuda | auto (default: cpu)")
+    r.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE", help="cpu | cuda | auto (default: cpu)")
 
     w = sub.add_parser("sweep", help="a grid of settings x seeds: table and Pareto plot")
     w.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
@@ -231,7 +231,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    b.add_argument("--device", choices=_LazyChoices("devices", "DEVICE_CHOICES"), metavar="DEVICE",
+    b.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE",
                    help="cpu | cuda | auto (default: cpu)")
     b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
     b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
@@ -282,8 +282,8 @@ def _short(value) -> str:
 
 
 def _train(args) -> int:
-    from .configtypes import check_types
-    from .train import TrainConfig, TrainingDiverged, train
+    from .training.configtypes import check_types
+    from .training.loop import TrainConfig, TrainingDiverged, train
 
     options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
                "A", "swap_A", "weight_decay", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
@@ -315,7 +315,7 @@ def _train(args) -> int:
     config = TrainConfig.from_dict(base)
     named = config.resolved()  # the method and seed the run will use, for its directory's name
     out = args.out or f"runs/{named.task}-{named.method}-s{named.seed}"
-    from .distributed import init_from_env, is_main
+    from .training.distributed import init_from_env, is_main
 
     init_from_env(args.device)  # under torchrun: data-parallel over its ranks
     extra = {"tensorboard": args.tensorboard} if args.tensorboard else {}
@@ -350,9 +350,9 @@ def _metrics_line(m: dict) -> str:
 
 
 def _plot(args) -> int:
-    from .runs import MODULE_TASK, load_checkpoint, load_model, write_plots
+    from .training.runs import MODULE_TASK, load_checkpoint, load_model, write_plots
     from .tasks import get_task
-    from .train import TrainResult
+    from .training.loop import TrainResult
 
     _run_dir(args.run_dir)
     model, cfg = load_model(args.run_dir)
@@ -365,14 +365,14 @@ def _plot(args) -> int:
 
 
 def _analyze(args) -> int:
-    from .runs import analyze_run
+    from .training.runs import analyze_run
 
     analyze_run(_run_dir(args.run_dir), prune=args.prune, knockout=args.knockout)
     return 0
 
 
 def _view(args) -> int:
-    from .view import write_report
+    from .training.view import write_report
 
     path = write_report(_run_dir(args.run_dir))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -385,7 +385,7 @@ def _view(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .reproduce import reproduce
+    from .experiments.reproduce import reproduce
 
     reproduce(
         tasks=args.tasks.split(",") if args.tasks else None,
@@ -399,7 +399,7 @@ def _reproduce(args) -> int:
 
 
 def _bench(args) -> int:
-    from .bench import run_benchmarks
+    from .experiments.bench import run_benchmarks
 
     if args.batched_seeds <= 0 or args.batched_steps <= 0:
         raise ValueError("--batched-seeds and --batched-steps must be positive, got "
@@ -410,7 +410,7 @@ def _bench(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import parse_grid, sweep
+    from .experiments.sweep import parse_grid, sweep
 
     try:
         seeds = [int(x) for x in args.seeds.split(",")]

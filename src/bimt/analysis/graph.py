@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import nonnegative
+from ..core.checks import nonnegative
 from ..models.wiring import wiring_of
-from ..spec import PermutationSpec, fold_sum, tensor
+from ..core.spec import PermutationSpec, fold_sum, tensor
 
 __all__ = [
     "weight_graph", "modularity", "communities", "find_modules", "module_slots", "tree_roots",

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..spec import PermutationSpec, tensor
+from ..core.spec import PermutationSpec, tensor
 from .graph import Neuron, module_slots, network
 from .prune import evaluate_once
 

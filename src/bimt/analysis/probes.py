@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..models.wiring import wiring_of
-from ..spec import PermutationSpec, tensor
+from ..core.spec import PermutationSpec, tensor
 from .graph import network
 
 __all__ = ["activations", "neuron_correlation", "best_neuron", "embedding_matrix",

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import positive_int
-from ..spec import PermutationSpec, tensor
+from ..core.checks import positive_int
+from ..core.spec import PermutationSpec, tensor
 from .graph import _abs64, count_nonzero, network
 
 __all__ = ["pruning_frontier", "evaluate_once"]

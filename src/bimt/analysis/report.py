@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..models.wiring import has_wiring, wiring_of
-from ..spec import tensor
+from ..core.spec import tensor
 from .graph import (
     ACTIVE_THRESHOLD, MODULE_THRESHOLD, _cnm, active_neurons, count_nonzero, find_modules, network,
     weight_graph,

@@ -20,9 +20,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..cost import CostSettings
-from ..geometry import layout as make_layout
-from ..spec import Group, PermutationSpec
+from ..core.cost import CostSettings
+from ..core.geometry import layout as make_layout
+from ..core.spec import Group, PermutationSpec
 from .mlp import make_activation
 from .wiring import Wiring, WiredModule, restore_order
 

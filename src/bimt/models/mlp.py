@@ -7,10 +7,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._checks import positive_int
-from ..cost import CostSettings
-from ..geometry import layout as make_layout
-from ..spec import Group, PermutationSpec
+from ..core.checks import positive_int
+from ..core.cost import CostSettings
+from ..core.geometry import layout as make_layout
+from ..core.spec import Group, PermutationSpec
 from .wiring import Wiring, WiredModule, _per_layer, restore_order
 
 __all__ = ["BioMLP", "ACTIVATIONS", "make_activation"]

@@ -15,11 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import positive_int
-from ..cost import CostSettings
-from ..geometry import grid, grid3d
-from ..geometry import layout as make_layout
-from ..spec import Group, PermutationSpec
+from ..core.checks import positive_int
+from ..core.cost import CostSettings
+from ..core.geometry import grid, grid3d
+from ..core.geometry import layout as make_layout
+from ..core.spec import Group, PermutationSpec
 from .mlp import make_activation
 from .wiring import Wiring, WiredModule, restore_order
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import one_of, positive_int
-from ..cost import ConnectionCost, CostSettings
-from ..geometry import layout as make_layout
-from ..spec import Group, PermutationSpec, tensor
-from ..swap import SwapReport, apply_permutation, swap_pass
+from ..core.checks import one_of, positive_int
+from ..core.cost import ConnectionCost, CostSettings
+from ..core.geometry import layout as make_layout
+from ..core.spec import Group, PermutationSpec, tensor
+from ..core.swap import SwapReport, apply_permutation, swap_pass
 
 __all__ = ["Wiring", "attach", "wiring_of", "has_wiring", "sequential_spec", "default_view", "ELEMENTWISE", "VIEWS"]
 
@@ -250,7 +250,7 @@ def wiring_of(x) -> Wiring:
     if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], PermutationSpec):
         return Wiring(x[0], x[1], check=False)
     if isinstance(x, (str, os.PathLike)):
-        from ..runs import load_model
+        from ..training.runs import load_model
 
         return load_model(x)[0].bimt
     raise TypeError(

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure as _MplFigure
 
-from ..fileio import atomic_write
+from ..core.fileio import atomic_write
 
 
 class Figure(_MplFigure):

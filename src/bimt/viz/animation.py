@@ -28,7 +28,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ._io import atomic_write, close_figure
-from .._checks import one_of, positive_int
+from ..core.checks import one_of, positive_int
 from ..models.wiring import wiring_of
 from .graph import _graph_figsize, layered_view, plot, plot_decision_boundary, plot_graph, plot_graph_3d
 

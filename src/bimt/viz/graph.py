@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..models.wiring import has_wiring, wiring_of
-from ..spec import fold_sum, tensor
+from ..core.spec import fold_sum, tensor
 from ._io import Figure
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, weight_collection,

@@ -303,7 +303,7 @@ class Report:
     data: dict
 
     def save(self, path) -> Path:
-        from ..fileio import atomic_write_bytes
+        from ..core.fileio import atomic_write_bytes
 
         return atomic_write_bytes(Path(path), self.html.encode("utf-8"))
 

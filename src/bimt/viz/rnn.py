@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.wiring import wiring_of
-from ..spec import fold_sum, tensor
+from ..core.spec import fold_sum, tensor
 from ._io import Figure
 from .style import MAX_LINEWIDTH, NEGATIVE_COLOR, POSITIVE_COLOR, keep_mask, weight_collection
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..models.wiring import wiring_of
-from ..spec import tensor
+from ..core.spec import tensor
 from ._io import Figure
 from .style import MAX_LINEWIDTH, NEURON_COLOR, weight_collection
 

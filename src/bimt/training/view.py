@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 
 from .runs import load_checkpoint, run_evaluator
-from .viz.report import Report
-from .viz.report import report as _report
+from ..viz.report import Report
+from ..viz.report import report as _report
 
 __all__ = ["report", "write_report"]
 

@@ -43,7 +43,7 @@ class TensorBoardLogger:
 
     def evaluation(self, step: int, row: dict, model) -> None:
         """At an evaluation step: ``row`` is the history row (losses, accuracies, lam, cost)."""
-        from .analysis import modularity
+        from ..analysis import modularity
 
         for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"),
                          ("accuracy/train", "train_acc"), ("accuracy/test", "test_acc"),

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cost import ConnectionCost
-from .models import BioMLP
-from .geometry import _pad_to_same_dim as _same_dim
-from .geometry import pairwise_distance
-from .spec import PermutationSpec, tensor
-from .swap import REL_TOL, apply_permutation, swap_pass
+from ..core.cost import ConnectionCost
+from ..models import BioMLP
+from ..core.geometry import _pad_to_same_dim as _same_dim
+from ..core.geometry import pairwise_distance
+from ..core.spec import PermutationSpec, tensor
+from ..core.swap import REL_TOL, apply_permutation, swap_pass
 
 __all__ = ["run_benchmarks", "naive_greedy_pass", "mnist_shaped_model"]
 
@@ -141,8 +141,8 @@ def bench_batched(seeds: int = 5, steps: int = 2000, device=None, repeats: int =
     """S seeds of symbolic (a) (bimt method, float32, one thread): trained one after another
     by ``bimt.train``, and as one stack by ``bimt.batched``; same steps, evaluations, swaps and
     final metrics on both sides, timed in turns so machine load hits both alike."""
-    from .batched import fit_many
-    from .train import train
+    from ..training.batched import fit_many
+    from ..training.loop import train
 
     kw = dict(task="symbolic-independence", steps=steps, progress=False, plots=False,
               device=device)
@@ -162,7 +162,7 @@ def bench_batched(seeds: int = 5, steps: int = 2000, device=None, repeats: int =
 
 
 def bench_step(steps: int = 300, batch: int = 100, device=None) -> dict:
-    from .train import _optimizer, TrainConfig
+    from ..training.loop import _optimizer, TrainConfig
 
     g = torch.Generator().manual_seed(0)
     X = torch.rand(batch * 10, 784, generator=g).to(device)
@@ -200,7 +200,7 @@ def bench_step(steps: int = 300, batch: int = 100, device=None) -> dict:
 
 def bench_transformer_swap(repeats: int = 20) -> float:
     """Median milliseconds of one greedy pass on the paper's transformer (top-k 30)."""
-    from .models.transformer import BioTransformer
+    from ..models.transformer import BioTransformer
 
     torch.manual_seed(0)
     model = BioTransformer(2, 2, d_model=32, n_blocks=2, n_heads=1, A=2.0, y_star=0.5)
@@ -213,8 +213,8 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
     """Median milliseconds of one greedy pass (the task's top-k) on a task's default model."""
     from dataclasses import asdict
 
-    from .config import TrainConfig
-    from .tasks import get_task
+    from ..training.config import TrainConfig
+    from ..tasks import get_task
 
     cfg = TrainConfig(task=task).resolved()
     torch.manual_seed(0)
@@ -226,8 +226,8 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
 
 def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
                    batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000) -> dict:
-    from .devices import resolve_device
-    from .runs import say
+    from ..training.devices import resolve_device
+    from ..training.runs import say
 
     device = resolve_device(device)
     torch.set_num_threads(1)

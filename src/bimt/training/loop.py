@@ -36,20 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from .analysis.graph import count_nonzero, modularity
-from .crossings import crossings
+from ..analysis.graph import count_nonzero, modularity
+from ..core.crossings import crossings
 from .config import LOSSES, METHODS, TrainConfig, lambda_at, milestone_schedule  # noqa: F401
-from .cost import ConnectionCost, CostSettings
+from ..core.cost import ConnectionCost, CostSettings
 from .devices import resolve_device
-from .fileio import write_json
-from .models.wiring import attach, has_wiring, wiring_of
+from ..core.fileio import write_json
+from ..models.wiring import attach, has_wiring, wiring_of
 from .runs import (  # noqa: F401  (load_model, load_checkpoint: also reachable from here)
     MODULE_TASK, _n_outputs, adopt_labels, claim_run_dir, load_checkpoint, load_model, save_checkpoint,
     say, spec_from_dict, targets, wiring_record,
     write_history_csv, write_metrics, write_plots,
 )
-from .swap import swap_pass
-from .tasks import Data, Task, get_task
+from ..core.swap import swap_pass
+from ..tasks import Data, Task, get_task
 
 __all__ = ["TrainConfig", "TrainResult", "train", "METHODS", "TrainingDiverged", "lambda_at",
            "load_model"]
@@ -302,7 +302,7 @@ def run_costs(model, cfg: TrainConfig) -> dict:
     grad_settings = settings.replace(A=0.0) if cfg.method in ("l1", "l1-swap") else settings
     cost_class = ConnectionCost
     if cfg.method == "sernn":
-        from .communicability import CommunicabilityCost as cost_class
+        from ..core.communicability import CommunicabilityCost as cost_class
     grad_cost = cost_class(spec, grad_settings)
     grad_cost_no_bias = cost_class(spec, grad_settings.replace(bias=False))
     # swaps are judged by the full local cost: a distance-free layer only shapes the gradient

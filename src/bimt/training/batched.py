@@ -36,17 +36,17 @@ from torch import nn
 
 from .config import TrainConfig, lambda_at
 from .devices import resolve_device
-from .fileio import write_json
-from .models import BioMLP
-from .models.wiring import wiring_of
+from ..core.fileio import write_json
+from ..models import BioMLP
+from ..models.wiring import wiring_of
 from .runs import (
     _n_outputs, claim_run_dir, load_checkpoint, save_checkpoint, targets, write_history_csv, write_metrics,
     write_plots,
 )
-from .spec import fold_index
-from .swap import swap_pass
-from .tasks import Task, get_task
-from .train import (
+from ..core.spec import fold_index
+from ..core.swap import swap_pass
+from ..tasks import Task, get_task
+from .loop import (
     TrainingDiverged, TrainResult, _optimizer, _progress, build_run, final_metrics, run_costs,
 )
 
@@ -289,7 +289,7 @@ def fit(config=None, out=None, resume: bool = False, progress: bool = True, plot
     takes ``model=`` and ``data=``), or with ``seeds`` / ``methods`` a list of them trained as
     one stacked model (see :func:`fit_many`)."""
     if seeds is None and methods is None:
-        from .train import train
+        from .loop import train
 
         return train(config, out, resume, progress, plots, device=device, **overrides)
     return fit_many(config, seeds=seeds, methods=methods, out=out, resume=resume,

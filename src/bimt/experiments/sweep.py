@@ -20,8 +20,8 @@ import math
 import os
 from pathlib import Path
 
-from .config import TrainConfig
-from .fileio import atomic_write_bytes, write_json
+from ..training.config import TrainConfig
+from ..core.fileio import atomic_write_bytes, write_json
 
 __all__ = ["sweep", "parse_grid", "pareto_front", "SWEEP_BACKENDS"]
 
@@ -96,7 +96,7 @@ def sweep(
     minimise); ``constraint`` like ``"test_loss<=0.01"`` marks trials that break it infeasible.
     ``fixed`` are TrainConfig fields for every trial (``steps=3000``).
     """
-    from .tasks import get_task
+    from ..tasks import get_task
 
     get_task(task)
     if backend not in SWEEP_BACKENDS:
@@ -159,7 +159,7 @@ def _constraint(text):
 
 
 def _run_local(trials, progress) -> list[dict]:
-    from .batched import fit_many
+    from ..training.batched import fit_many
 
     results = fit_many([TrainConfig.from_dict(t["config"]) for t in trials],
                        out=[t["run_dir"] for t in trials], resume=True, progress=progress,
@@ -172,7 +172,7 @@ def _ray_trial(trial: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from .batched import fit_many
+    from ..training.batched import fit_many
 
     result = fit_many([TrainConfig.from_dict(trial["config"])], out=[trial["run_dir"]],
                       resume=True, progress=False, plots=False)[0]
@@ -249,7 +249,7 @@ def _write(out: Path, rows, names, objective, maximize, constraint, backend) -> 
 
 
 def _pareto_plot(out: Path, rows) -> None:
-    from .viz._io import Figure, save_figure
+    from ..viz._io import Figure, save_figure
 
     pts = [(r["test_loss"], r["modularity"]) for r in rows
            if r.get("test_loss") is not None and r.get("modularity") is not None

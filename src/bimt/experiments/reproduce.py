@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_bytes, write_json
+from ..core.fileio import atomic_write_bytes, write_json
 
 __all__ = ["reproduce", "PAPER_TASKS", "PAPER_TABLE1", "PAPER_TABLE2", "write_tables"]
 
@@ -74,7 +74,7 @@ RESULT_COLUMNS = ["task", "method", "seed", "train_loss", "test_loss", "train_ac
 
 
 def _job_config(job: dict):
-    from .config import TrainConfig
+    from ..training.config import TrainConfig
 
     return TrainConfig(task=job["task"], method=job["method"], seed=job["seed"],
                        steps=job.get("steps"), data_dir=job.get("data_dir"))
@@ -85,7 +85,7 @@ def _clear_if_stale(job: dict) -> None:
     a rerun reuses or resumes only runs of exactly the settings asked for."""
     import dataclasses
 
-    from .runs import RUN_FILES
+    from ..training.runs import RUN_FILES
 
     run_dir = Path(job["run_dir"])
     saved = run_dir / "config.json"
@@ -106,7 +106,7 @@ def _run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from .train import train
+    from ..training.loop import train
 
     run_dir = Path(job["run_dir"])
     metrics_path = run_dir / "metrics.json"
@@ -139,7 +139,7 @@ def _run_job(job: dict) -> tuple[list[dict], float]:
     import torch
 
     torch.set_num_threads(1)
-    from .batched import fit_many
+    from ..training.batched import fit_many
 
     runs = job["stack"]
     configs = [_job_config(r) for r in runs]
@@ -155,8 +155,8 @@ def _stacks(runs: list[dict]) -> list[list[dict]]:
     """A task's runs split into the stacks :func:`bimt.batched.fit_many` would form from them
     (vanilla with its own weight decay is one, say), one job each: a task that needs several
     stacks spreads over the workers, and every stack, so every number, stays as it was."""
-    from .batched import _group_key
-    from .tasks import get_task
+    from ..training.batched import _group_key
+    from ..tasks import get_task
 
     stacks: dict[tuple, list[dict]] = {}
     for r in runs:
@@ -169,9 +169,9 @@ def _stackable(task_name: str) -> bool:
     """Whether the task's model is a BioMLP (which ``bimt.batched`` stacks)."""
     import dataclasses
 
-    from .models import BioMLP
-    from .tasks import get_task
-    from .train import TrainConfig
+    from ..models import BioMLP
+    from ..tasks import get_task
+    from ..training.loop import TrainConfig
 
     task = get_task(task_name)
     cfg = TrainConfig(task=task_name).resolved(task)
@@ -192,8 +192,8 @@ def reproduce(
     """
     from tqdm.auto import tqdm
 
-    from .tasks import get_task
-    from .train import METHODS
+    from ..tasks import get_task
+    from ..training.loop import METHODS
 
     tasks = list(tasks or PAPER_TASKS)
     for t in tasks:
@@ -361,10 +361,10 @@ def crossings_table(results: list[dict], tasks: list[str], methods: list[str]) -
 
 def task_figure(out: Path, task: str, methods: list[str], seed: int = 0) -> Path | None:
     """The graphs of one seed for every method, side by side: ``OUT/figures/TASK.png``."""
-    from . import viz
-    from .viz._io import Figure
-    from .models import wiring_of
-    from .runs import load_model
+    from .. import viz
+    from ..viz._io import Figure
+    from ..models import wiring_of
+    from ..training.runs import load_model
 
     shown = [m for m in ("vanilla", "l1", "bimt") if m in methods] or methods
     models = []

@@ -8,10 +8,10 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ._checks import nonnegative, one_of, positive_int
-from .cost import CostSettings
-from .swap import swap_modes
-from .tasks import Task, get_task
+from ..core.checks import nonnegative, one_of, positive_int
+from ..core.cost import CostSettings
+from ..core.swap import swap_modes
+from ..tasks import Task, get_task
 
 __all__ = ["TrainConfig", "METHODS", "LOSSES", "DTYPES", "milestone_schedule", "lambda_at"]
 

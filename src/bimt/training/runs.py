@@ -27,11 +27,11 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .cost import CostSettings
-from .fileio import atomic_write_bytes, write_json
-from .models.wiring import Wiring, attach, has_wiring, wiring_of
-from .spec import Group, PermutationSpec
-from .tasks import get_task
+from ..core.cost import CostSettings
+from ..core.fileio import atomic_write_bytes, write_json
+from ..models.wiring import Wiring, attach, has_wiring, wiring_of
+from ..core.spec import Group, PermutationSpec
+from ..tasks import get_task
 
 __all__ = [
     "save_checkpoint", "load_checkpoint", "load_model", "write_history_csv", "write_metrics",
@@ -257,7 +257,7 @@ def adopt_labels(wiring: Wiring, data) -> None:
 
 
 def _resolved_module_config(config: TrainConfig) -> TrainConfig:
-    from .tasks import Task
+    from ..tasks import Task
 
     placeholder = Task(MODULE_TASK, "a user's module", "regression", lambda *a: None, lambda c: None)
     return config.resolved(placeholder)
@@ -294,7 +294,7 @@ def say(progress: bool, what: str) -> None:
 
 def write_plots(result, progress: bool = False) -> None:
     """graph.png/svg (in the model's view), decision_boundary.png, evolution.gif."""
-    from . import viz
+    from .. import viz
 
     run_dir, model = result.run_dir, result.model
     say(progress, f"drawing {run_dir}/graph.png, graph.svg")
@@ -370,12 +370,12 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     active neurons, cost; the test loss from ``metrics.json``); pruning and knock-outs run the
     network, so they need ``model=`` (a fresh instance) and ``evaluate=`` (``module -> float``).
     """
-    from . import viz
-    from .analysis import (
+    from .. import viz
+    from ..analysis import (
         MODULE_THRESHOLD, find_modules, knockout_table, module_slots, pruning_frontier, summary,
         tree_roots,
     )
-    from .analysis.graph import NONZERO_REL, _letters
+    from ..analysis.graph import NONZERO_REL, _letters
 
     run_dir = Path(run_dir)
     model, cfg, run_evaluate, accuracy = run_evaluator(run_dir, model)
@@ -392,7 +392,7 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
     else:
         report["test_loss"] = (read_metrics(run_dir) or {}).get("test_loss")
     report["modules"] = [module_slots(m) for m in find_modules(model)]
-    from .crossings import crossings
+    from ..core.crossings import crossings
 
     wired = wiring_of(model)
     drawn = crossings(wired.module, wired.spec)  # pruned at 5% per layer, as the metric defines it
@@ -441,7 +441,7 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
 
 def _slots_text(neurons) -> str:
     """A module's neurons for a table cell: ``layer1: 0, 3; layer2: 5``."""
-    from .analysis import module_slots
+    from ..analysis import module_slots
 
     if not neurons:
         return "-"

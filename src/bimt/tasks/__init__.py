@@ -95,7 +95,7 @@ def get_task(name: str) -> Task:
 # -- model builders ------------------------------------------------------------------------
 def _mlp_model(**fixed):
     def make(config: dict):
-        from .models import BioMLP
+        from ..models import BioMLP
 
         return BioMLP(
             config["widths"], A=config["A"], y_star=config["y_star"], p=config["p"],
@@ -473,7 +473,7 @@ def _in_context(low: float, high: float):
 
 
 def _transformer_model(config: dict):
-    from .models.transformer import BioTransformer
+    from ..models.transformer import BioTransformer
 
     d_model = config["widths"][0] if config.get("widths") else 32
     # GELU's tanh approximation, as the notebook writes it out
@@ -509,7 +509,7 @@ register_task(Task(
 
 
 # -- beyond the paper: BioRNN and BioCNN tasks (data and models in bimt/tasks_extra.py) ------
-from . import tasks_extra as _extra  # noqa: E402
+from . import extra as _extra  # noqa: E402
 
 
 def _from_arrays(make):

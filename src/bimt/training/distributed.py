@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .swap import SwapReport, apply_permutation
-from .swap import swap_pass as _swap_pass
+from ..core.swap import SwapReport, apply_permutation
+from ..core.swap import swap_pass as _swap_pass
 
 __all__ = ["init_from_env", "active", "is_main", "wrap", "shard", "swap_pass", "world"]
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._checks import nonnegative, one_of
+from .checks import nonnegative, one_of
 from .geometry import pairwise_distance
 from .spec import PermutationSpec, fold_sum, tensor
 

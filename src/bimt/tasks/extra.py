@@ -72,7 +72,7 @@ def rnn_model(d_in: int, d_out: int, layout):
     (a grid), else a line."""
 
     def make(config: dict):
-        from .models.rnn import BioRNN
+        from ..models.rnn import BioRNN
 
         widths = config.get("widths") or [36]
         if len(widths) not in (1, 3):
@@ -99,7 +99,7 @@ GOAL_INFERENCE_DEFAULTS = dict(TWO_STREAM_DEFAULTS, loss="ce", steps=2000)
 
 def cnn_model(config: dict):
     """``make(config) -> BioCNN`` for cnn-mnist (``widths``: conv channels, then hidden units)."""
-    from .models.conv import BioCNN
+    from ..models.conv import BioCNN
 
     widths = config.get("widths") or [8, 16, 32]
     if len(widths) < 2:

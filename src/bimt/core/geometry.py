@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._checks import positive_int
+from .checks import positive_int
 
 __all__ = ["line", "grid", "grid3d", "ring", "layout", "pairwise_distance", "LAYOUTS"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._checks import one_of, positive_int
+from ..checks import one_of, positive_int
 from ..cost import ConnectionCost
 from ..spec import PermutationSpec, tensor
 

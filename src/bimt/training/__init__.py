@@ -1,0 +1,1 @@
+"""Training: the settings of a run, the one training loop, run directories, data parallelism."""
