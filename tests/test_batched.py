@@ -17,9 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bimt
-import bimt.training.batched as bb
-from bimt.training.batched import StackedMLP, fit_many
-from bimt.training.loop import load_checkpoint, load_model, train
+import bimt.training.loop as bb
+from bimt.models.stacked import StackedMLP
+from bimt.training.loop import fit_many
+from bimt.training.loop import fit as train
+from bimt.training.runs import load_checkpoint, load_model
 
 QUIET = dict(progress=False, plots=False)
 
@@ -187,10 +189,16 @@ def test_bimt_fit_with_seeds_returns_one_result_per_seed():
     assert isinstance(bimt.fit(task="two-moons", steps=5, **QUIET), bimt.training.loop.TrainResult)
 
 
+def test_runs_that_cannot_stack_train_one_after_another():
+    results = fit_many(task="in-context", seeds=[0, 1], steps=2, **QUIET)
+    single = train(task="in-context", seed=1, steps=2, **QUIET)
+    assert [r.config.seed for r in results] == [0, 1]
+    assert "batched_members" not in results[1].metrics
+    assert results[1].metrics["test_loss"] == single.metrics["test_loss"]
+
+
 def test_errors_name_the_bad_value(tmp_path):
-    with pytest.raises(ValueError, match="BioMLP"):
-        fit_many(task="in-context", seeds=[0, 1], steps=2, **QUIET)
-    with pytest.raises(ValueError, match="seeds must be integers"):
+    with pytest.raises(ValueError, match="seeds must be an integer"):
         fit_many(task="two-moons", seeds=[0, "1"], steps=2, **QUIET)
     with pytest.raises(ValueError, match="share one run directory"):
         fit_many(task="two-moons", seeds=[0, 0], steps=2, out=tmp_path, **QUIET)

@@ -13,7 +13,8 @@ import torch
 import bimt.training.loop as bt
 from bimt.cli import main
 from bimt.tasks import TASKS
-from bimt.training.loop import METHODS, load_checkpoint
+from bimt.training.config import METHODS
+from bimt.training.runs import load_checkpoint
 
 
 def run_ok(capsys, *argv) -> str:

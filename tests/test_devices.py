@@ -9,7 +9,7 @@ import bimt
 from bimt.analysis import modularity
 from bimt.cli import main
 from bimt.training.devices import resolve_device
-from bimt.training.loop import train
+from bimt.training.loop import fit as train
 
 QUIET = dict(progress=False, plots=False)
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
@@ -32,11 +32,23 @@ def test_cpu_device_gives_the_default_numbers():
     assert a.metrics["test_loss"] == b.metrics["test_loss"]
 
 
-def test_cli_refuses_unknown_device(capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["train", "two-moons", "--device", "tpu"])
-    assert e.value.code == 2
-    assert "invalid choice: 'tpu'" in capsys.readouterr().err
+def test_cli_refuses_unknown_device(capsys, tmp_path):
+    assert main(["train", "two-moons", "--device", "tpu", "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown device 'tpu'" in err and "cuda:N" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_takes_every_device_resolve_device_takes(capsys, tmp_path):
+    """``cuda:1`` reaches the same check as ``bimt.fit(device="cuda:1")`` (no GPU here: refused
+    by it, with one line, not by the parser's choices)."""
+    code = main(["train", "two-moons", "--steps", "2", "--device", "cuda:1", "--quiet",
+                 "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    if torch.cuda.device_count() > 1:
+        assert code == 0
+    else:
+        assert code == 2 and "invalid choice" not in err and "cuda:1" in err
 
 
 @cuda

@@ -14,7 +14,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import bimt.training.loop as bt
-from bimt.training.loop import load_checkpoint, train
+from bimt.training.loop import fit as train
+from bimt.training.runs import load_checkpoint
 
 CONFIG = dict(task="symbolic-independence", steps=300, swap_every=50, eval_every=100,
               dtype="float64", seed=3)

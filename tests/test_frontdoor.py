@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import bimt
 from bimt.cli import main
-from bimt.training.configtypes import SEED_MAX
+from bimt.training.config import SEED_MAX
 
 
 def test_version(capsys):
@@ -56,7 +56,7 @@ def test_every_option_says_its_default():
     ({"lambda_schedule": [0.01, 1]}, "'lambda_schedule' must be a list of [number, number] pairs"),
     ([1, 2], "must hold a JSON object"),
     ({"loss": "ce"}, "loss 'ce' (cross-entropy) needs class labels; symbolic-independence is a regression task"),
-    ({"widths": [3, 20, 2]}, "3 inputs for data with 4 features"),
+    ({"widths": [3, 20, 2]}, "this BioMLP takes 3 input features"),
     ({"widths": [4, 20, 3]}, "does not fit symbolic-independence's data"),
     ({"seed": SEED_MAX + 1}, f"seed must be an integer from 0 to {SEED_MAX}"),
 ])
@@ -171,7 +171,7 @@ def test_ctrl_c_before_any_checkpoint_says_the_run_starts_over(tmp_path, capsys,
     def interrupted(*args, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bt, "train", interrupted)
+    monkeypatch.setattr(bt, "fit", interrupted)
     code = main(["train", "two-moons", "--out", str(tmp_path / "r"), "--quiet"])
     assert code == 130
     assert capsys.readouterr().err.strip() == (

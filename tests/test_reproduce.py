@@ -15,7 +15,8 @@ from bimt import analysis
 from bimt.cli import main
 from bimt.experiments.reproduce import reproduce, write_tables
 from bimt.tasks import get_task
-from bimt.training.loop import TrainConfig, milestone_schedule, train
+from bimt.training.config import TrainConfig, milestone_schedule
+from bimt.training.loop import fit as train
 
 
 def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
@@ -40,8 +41,8 @@ def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr("bimt.training.loop.train", no_training)
-    monkeypatch.setattr("bimt.training.batched._train_stack", no_training)
+    monkeypatch.setattr("bimt.training.loop.fit", no_training)
+    monkeypatch.setattr("bimt.training.loop._train", no_training)
     again = rep.reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla", "bimt"],
                           seeds=2, workers=1, out=out, steps=30, progress=False)
     assert sorted(r["seed"] for r in again) == sorted(r["seed"] for r in rows)
@@ -210,7 +211,7 @@ def test_workers_exit_when_reproduce_is_killed(tmp_path):
 def test_a_task_needing_several_stacks_gives_one_job_per_stack():
     """Vanilla modular addition trains with its own weight decay, so it cannot share the L1 and
     BIMT runs' stack: two jobs (two workers), each the stack fit_many would form."""
-    from bimt.training.batched import _group_key
+    from bimt.training.loop import stack_key as _group_key
     from bimt.experiments.reproduce import _job_config, _stacks
 
     runs = [dict(task=t, method=m, seed=s, run_dir=f"{t}-{m}-{s}")

@@ -10,7 +10,7 @@ import pytest
 
 from bimt.cli import main
 from bimt.training.runs import LOCK_NAME, RunDirBusy, claim_run_dir
-from bimt.training.loop import train
+from bimt.training.loop import fit as train
 
 QUIET = dict(progress=False, plots=False)
 TINY = dict(task="two-moons", steps=4, swap_every=2)

@@ -30,7 +30,7 @@ def test_local_sweep_rows_files_and_rerun(tmp_path, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("a finished trial was trained again")
 
-    monkeypatch.setattr("bimt.training.batched._train_stack", no_training)
+    monkeypatch.setattr("bimt.training.loop._train", no_training)
     assert sweep("two-moons", parse_grid(GRID), out=tmp_path, **KW) == rows
 
 
@@ -108,7 +108,7 @@ def test_ray_worker_killed_mid_trial_keeps_finished_trials(tmp_path):
 
     import ray
 
-    from bimt.training.batched import fit_many
+    from bimt.training.loop import fit_many
     from bimt.training.config import TrainConfig
 
     grid = parse_grid(["lambda=1e-3,1e-2"])

@@ -23,7 +23,8 @@ from bimt.tasks import (
     task_from_arrays,
     task_from_function,
 )
-from bimt.training.loop import TrainConfig, train
+from bimt.training.config import TrainConfig
+from bimt.training.loop import fit as train
 
 QUIET = dict(progress=False, plots=False)
 BUILTIN = [

@@ -24,15 +24,10 @@ import torch
 import bimt
 import bimt.training.loop as bt
 from bimt.tasks import TASKS, get_task
-from bimt.training.loop import (
-    METHODS,
-    TrainConfig,
-    TrainingDiverged,
-    lambda_at,
-    load_checkpoint,
-    load_model,
-    train,
-)
+from bimt.training.config import METHODS, TrainConfig, lambda_at
+from bimt.training.loop import TrainingDiverged
+from bimt.training.loop import fit as train
+from bimt.training.runs import load_checkpoint, load_model
 
 METRIC_KEYS = {
     "task", "method", "seed", "steps", "train_loss", "test_loss", "train_acc", "test_acc",
@@ -383,16 +378,16 @@ def test_divergence_by_huge_lr_keeps_no_bad_checkpoint(tmp_path):
     (dict(lambda_schedule=[[-1e-3, 10]]), r"lambda must be a finite number >= 0, got -0\.001"),
     (dict(lambda_schedule=[[float("nan"), 10]]), r"lambda must be a finite number"),
     (dict(lambda_schedule=[[1e-3, 0]]), r"phase must last > 0 steps, got 0"),
-    (dict(lambda_schedule=[[1e-3]]), r"\[value, steps\]"),
+    (dict(lambda_schedule=[[1e-3]]), r"\[number, number\] pairs"),
     (dict(lambda_schedule=[]), r"at least one"),
     (dict(steps=0), r"steps must be a positive integer, got 0"),
     (dict(steps=-5), r"steps must be a positive integer, got -5"),
-    (dict(steps=2.5), r"steps must be a positive integer, got 2\.5"),
+    (dict(steps=2.5), r"'steps' must be an integer or null, got 2\.5"),
     (dict(batch_size=0), r"batch_size must be a positive integer, got 0"),
     (dict(swap_every=-1), r"swap_every must be a positive integer, got -1"),
     (dict(top_k=0), r"top_k must be a positive integer, got 0"),
     (dict(method="l2"), r"unknown method 'l2'; allowed: vanilla, l1, l1-local, l1-swap, bimt"),
-    (dict(swap_mode="random"), r"unknown swap mode 'random'; allowed: greedy, exact"),
+    (dict(swap_mode="random"), r"unknown swap_mode 'random'; allowed: greedy, exact"),
     (dict(loss="hinge"), r"unknown loss 'hinge'; allowed: mse, ce"),
     (dict(A=-1.0), r"A must be a finite number >= 0, got -1\.0"),
     (dict(y_star=-0.5), r"y_star must be a finite number >= 0, got -0\.5"),
@@ -403,11 +398,13 @@ def test_divergence_by_huge_lr_keeps_no_bad_checkpoint(tmp_path):
     (dict(bias_free_fraction=1.5), r"bias_free_fraction must be in \[0, 1\], got 1\.5"),
 ])
 def test_bad_config_values_are_rejected(changes, pattern):
-    config = TrainConfig(task="two-moons", **changes)
+    """One validation path: a config built by keywords, from a dict, or handed to fit."""
     with pytest.raises(ValueError, match=pattern):
-        config.resolved()
+        TrainConfig(task="two-moons", **changes)
     with pytest.raises(ValueError, match=pattern):
-        train(config, **QUIET)
+        TrainConfig.from_dict(dict(task="two-moons", **changes))
+    with pytest.raises(ValueError, match=pattern):
+        train(task="two-moons", **changes, **QUIET)
 
 
 def test_unknown_config_key_lists_the_allowed_keys():
@@ -581,7 +578,9 @@ def test_copying_a_run_dir_gives_a_resumable_run(tmp_path):
 
 
 def test_float64_training_and_reload(tmp_path):
-    from bimt.training.loop import TrainConfig, load_model, train
+    from bimt.training.config import TrainConfig
+    from bimt.training.loop import fit as train
+    from bimt.training.runs import load_model
 
     result = train(TrainConfig(task="two-moons", steps=20, eval_every=10, dtype="float64"),
                    out=tmp_path / "run", progress=False, plots=False)

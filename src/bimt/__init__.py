@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 _SUBPACKAGES = ("core", "models", "tasks", "training", "analysis", "viz", "experiments")
 #: Public names and the module that defines each.
 _NAMES = {
-    "fit": "training.batched", "fit_many": "training.batched", "TrainConfig": "training.config",
+    "fit": "training.loop", "fit_many": "training.loop", "TrainConfig": "training.config",
     "TrainResult": "training.loop", "load_model": "training.runs",
     "Task": "tasks", "task_from_arrays": "tasks", "task_from_function": "tasks", "register_task": "tasks",
     "ConnectionCost": "core.cost", "CostSettings": "core.cost", "Group": "core.spec",

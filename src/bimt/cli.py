@@ -15,7 +15,7 @@ from pathlib import Path
 
 __all__ = ["main"]
 
-from .training.configtypes import SEED_MAX
+from .training.config import SEED_MAX, SETTINGS, default_of
 
 
 class _LazyChoices:
@@ -127,6 +127,63 @@ def _seeds_arg(text: str) -> list[int]:
     return sorted(set(seeds))
 
 
+DEVICE_HELP = "cpu, cuda, cuda:N or auto; under torchrun each rank uses its own GPU (default: cpu)"
+
+
+def _flag(s) -> str:
+    return "--" + (s.flag or s.name).replace("_", "-")
+
+
+def _list_arg(kind):
+    def parse(text: str) -> list:
+        try:
+            return [kind(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid list {text!r}: give values separated by "
+                                             "commas (4,20,20,2)") from None
+    return parse
+
+
+#: How the command line reads each kind of setting (the declarations in bimt.training.config).
+_PARSERS = {"int": int, "float": float, "str": str, "list[int]": _list_arg(int),
+            "list[str]": _list_arg(str)}
+
+
+def _add_settings(parser) -> None:
+    """One option per declared setting: its flag, parser, choices and help come from the
+    declaration (bimt.training.config.SETTINGS), its default from the task unless it is set."""
+    for s in SETTINGS:
+        default = default_of(s.name)
+        fallback = "" if default is None else f", else {_short(default)}"
+        kw = dict(dest=s.name, help=f"{s.help} (default: the task's{fallback})")
+        if s.type == "bool":
+            kw.update(action="store_true", default=None)
+        else:
+            kw.update(type=_PARSERS.get(s.type), metavar=s.name.upper())
+        if s.name == "seed":
+            kw["type"] = _seed_arg
+        elif s.name == "lambda_schedule":
+            kw["type"] = _lambda_arg
+        elif s.name == "lambda_milestones":
+            kw["type"] = _milestones_arg
+        if s.choices is not None:
+            kw.update(choices=_Allowed(s), metavar=s.name.upper())
+        parser.add_argument(_flag(s), **kw)
+
+
+class _Allowed(_LazyChoices):
+    """A declared setting's allowed values (read when first asked: some import torch)."""
+
+    def __init__(self, setting):
+        self.setting = setting
+
+    def _values(self):
+        return list(self.setting.allowed())
+
+    def __iter__(self):
+        return iter(self._values())
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -141,46 +198,17 @@ def _build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a network on a task with BIMT (or an ablation)")
     t.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
                    help="a built-in task; bimt tasks lists them with their defaults")
-    t.add_argument("--method", choices=_LazyChoices("training.config", "METHODS"), metavar="METHOD",
-                   help="vanilla | l1 | l1-local | l1-swap | bimt | sernn (RNNs) (default: bimt)")
-    t.add_argument("--seed", type=_seed_arg, help=f"seed number, 0 to {SEED_MAX} (default: 0)")
-    t.add_argument("--steps", type=int, help=f"training steps ({task_default})")
-    t.add_argument("--lr", type=float, help=f"AdamW learning rate ({task_default})")
-    t.add_argument("--batch-size", type=int, help=f"batch size; full batch when unset ({task_default})")
-    t.add_argument("--lambda", dest="lambda_schedule", type=_lambda_arg,
-                   help=f"constant (0.01) or phases value:steps,... rescaled to --steps ({task_default})")
-    t.add_argument("--lambda-milestones", dest="lambda_milestones", type=_milestones_arg,
-                   help="multiply lambda at fractions of the run: 0.25:10,0.75:0.1 (default: none)")
-    t.add_argument("--A", type=float, help=f"in-layer scale, locality ({task_default})")
-    t.add_argument("--swap-A", dest="swap_A", type=float,
-                   help="in-layer scale when judging swaps (default: --A; S4's notebook: 2)")
-    t.add_argument("--weight-decay", dest="weight_decay", type=float,
-                   help="AdamW weight decay (default: 0; 1 for vanilla modular addition and S4)")
-    t.add_argument("--y-star", type=float, help=f"layer gap ({task_default})")
-    t.add_argument("--p", type=float, help="distance norm, 1 = L1, 2 = L2 (default: 1)")
-    t.add_argument("--top-k", type=int, help=f"neurons per layer tried in a swap pass ({task_default})")
-    t.add_argument("--swap-every", type=int, help=f"steps between swap passes ({task_default})")
-    t.add_argument("--swap-mode", choices=_LazyChoices("core.swap", "swap_modes"), metavar="MODE",
-                   help="greedy (the paper's) | exact (linear assignment) | untangle (whole layouts, modules side by side) (default: the task's)")
-    t.add_argument("--eval-every", type=int,
-                   help="steps between evaluations (default: steps/20, at most the task's)")
-    t.add_argument("--dtype", choices=("float32", "float64"),
-                   help="float64 as some notebooks train (default: float32)")
-    t.add_argument("--data-dir", help="MNIST IDX files or a torchvision MNIST folder "
-                   "(default: the built-in 5k subset)")
+    _add_settings(t)
     t.add_argument("--out", help="run directory (default: runs/TASK-METHOD-sSEED)")
     t.add_argument("--config", help="a config.json to start from; command-line options win "
                    "(default: none)")
-    t.add_argument("--animate", action="store_true", default=None,
-                   help="store snapshots, write evolution.gif (and the report's slider)")
     t.add_argument("--tensorboard", metavar="DIR",
                    help="also log scalars and the graph for TensorBoard in DIR (default: off)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--force", action="store_true",
                    help="replace what --out holds (another run, or files that are not a run's)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    t.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE",
-                   help="cpu, cuda or auto; under torchrun each rank uses its own GPU (default: cpu)")
+    t.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
 
     pl = sub.add_parser("plot", help="redraw a run's figures")
     pl.add_argument("run_dir")
@@ -210,14 +238,15 @@ def _build_parser() -> argparse.ArgumentParser:
                    default="batched",
                    help="batched: all runs of an MLP task as one stacked model; "
                         "processes: one run per worker")
-    r.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE", help="cpu | cuda | auto (default: cpu)")
+    r.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
 
     w = sub.add_parser("sweep", help="a grid of settings x seeds: table and Pareto plot")
     w.add_argument("task", choices=_LazyChoices("tasks", "TASKS"), metavar="TASK",
                    help="a built-in task; bimt tasks lists them")
     w.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2",
                    help="a TrainConfig field and its values (repeat: --grid A=0.5,1 --grid lambda=1e-3,1e-2)")
-    w.add_argument("--seeds", default="0", help="comma-separated seed numbers")
+    w.add_argument("--seeds", type=_seeds_arg, default=[0],
+                   help="seed numbers, as train --seed: 0-4, 0,1,2 or 3 (default: 0)")
     w.add_argument("--steps", type=int, help="training steps (default: the task's)")
     w.add_argument("--objective", default="modularity",
                    help="test_loss | test_acc | modularity | connection_cost | train_loss")
@@ -231,8 +260,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="time swap passes and training steps")
     b.add_argument("--json", action="store_true", help="one JSON object on the last line")
-    b.add_argument("--device", choices=_LazyChoices("training.devices", "DEVICE_CHOICES"), metavar="DEVICE",
-                   help="cpu | cuda | auto (default: cpu)")
+    b.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
     b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
     b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
     return p
@@ -282,36 +310,20 @@ def _short(value) -> str:
 
 
 def _train(args) -> int:
-    from .training.configtypes import check_types
-    from .training.loop import TrainConfig, TrainingDiverged, train
+    from .training.config import TrainConfig, read_config_file
 
-    options = ("method", "seed", "steps", "lr", "batch_size", "lambda_schedule", "lambda_milestones",
-               "A", "swap_A", "weight_decay", "y_star", "p", "top_k", "swap_every", "swap_mode", "eval_every", "data_dir",
-               "animate", "dtype")
+    given = [s.name for s in SETTINGS if getattr(args, s.name) is not None]
     if args.resume:
-        given = [k for k in options if getattr(args, k) is not None] + (["config"] if args.config else [])
-        if given:
-            raise ValueError(
-                f"--resume continues the run in --out with its saved config; drop "
-                f"{', '.join('--' + k.replace('_', '-') for k in given)}"
-            )
+        if given or args.config:
+            flags = [_flag(s) for s in SETTINGS if s.name in given] + (["--config"] if args.config else [])
+            raise ValueError(f"--resume continues the run in --out with its saved config; drop "
+                             f"{', '.join(flags)}")
         if not args.out:
             raise ValueError("--resume needs --out, the run directory to continue")
-    base = {}
-    if args.config:
-        try:
-            base = json.loads(Path(args.config).read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.config} is not valid JSON ({e})") from None
-        if not isinstance(base, dict):
-            raise ValueError(f"{args.config} must hold a JSON object of config keys, "
-                             f"got a {type(base).__name__}")
-        check_types(TrainConfig, base)  # the file as written, before options override it
+    base = read_config_file(args.config) if args.config else {}
+    TrainConfig.from_dict(base)  # the file as written, before options override it
     base["task"] = args.task
-    for key in options:
-        value = getattr(args, key)
-        if value is not None:
-            base[key] = value
+    base.update({k: getattr(args, k) for k in given})
     config = TrainConfig.from_dict(base)
     named = config.resolved()  # the method and seed the run will use, for its directory's name
     out = args.out or f"runs/{named.task}-{named.method}-s{named.seed}"
@@ -319,9 +331,11 @@ def _train(args) -> int:
 
     init_from_env(args.device)  # under torchrun: data-parallel over its ranks
     extra = {"tensorboard": args.tensorboard} if args.tensorboard else {}
+    from .training.loop import TrainingDiverged, fit
+
     try:
-        result = train(config, out=out, resume=args.resume, progress=not args.quiet and is_main(),
-                       force=args.force, device=args.device, **extra)
+        result = fit(config, out=out, resume=args.resume, progress=not args.quiet and is_main(),
+                     force=args.force, device=args.device, **extra)
     except TrainingDiverged as e:
         print(f"bimt train: {e}", file=sys.stderr)
         return 1
@@ -337,8 +351,8 @@ def _train(args) -> int:
         return 0
     m = result.metrics
     print(_metrics_line(m))
-    print(f"wrote {out}/: config.json metrics.json history.csv checkpoint.pt graph.png graph.svg"
-          + (" evolution.gif" if result.config.animate else ""))
+    written = sorted(p.name for p in Path(out).iterdir() if p.is_file() and not p.name.startswith("."))
+    print(f"wrote {out}/: {' '.join(written)}")
     return 0
 
 
@@ -350,18 +364,22 @@ def _metrics_line(m: dict) -> str:
 
 
 def _plot(args) -> int:
-    from .training.runs import MODULE_TASK, load_checkpoint, load_model, write_plots
-    from .tasks import get_task
     from .training.loop import TrainResult
+    from .training.runs import MODULE_TASK, load_model, read_run, write_plots
 
-    _run_dir(args.run_dir)
-    model, cfg = load_model(args.run_dir)
-    state = load_checkpoint(Path(args.run_dir) / "checkpoint.pt")
-    data = None if cfg.task == MODULE_TASK else get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
-    write_plots(TrainResult(model, {}, state["history"], cfg, data, Path(args.run_dir),
-                            state.get("snapshots", [])), progress=True)
-    print(f"wrote figures in {args.run_dir}")
+    model, cfg = load_model(_run_dir(args.run_dir))
+    _, state = read_run(args.run_dir)
+    data = None if cfg.task == MODULE_TASK else get_task_data(cfg)
+    written = write_plots(TrainResult(model, {}, state["history"], cfg, data, Path(args.run_dir),
+                                      state.get("snapshots", [])), progress=True)
+    print(f"wrote {args.run_dir}/: {', '.join(written) or 'nothing (see the warnings above)'}")
     return 0
+
+
+def get_task_data(cfg):
+    from .tasks import get_task
+
+    return get_task(cfg.task).make_data(cfg.seed, cfg.data_dir)
 
 
 def _analyze(args) -> int:
@@ -412,10 +430,7 @@ def _bench(args) -> int:
 def _sweep(args) -> int:
     from .experiments.sweep import parse_grid, sweep
 
-    try:
-        seeds = [int(x) for x in args.seeds.split(",")]
-    except ValueError:
-        raise ValueError(f"--seeds {args.seeds!r}: give comma-separated integers (0,1,2)") from None
+    seeds = args.seeds
     fixed = {} if args.steps is None else {"steps": args.steps}
     rows = sweep(args.task, parse_grid(args.grid), seeds, objective=args.objective,
                  maximize=not args.minimize, constraint=args.constraint, backend=args.backend,

@@ -13,78 +13,17 @@ far more than the product itself.
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checks import nonnegative, one_of
 from .geometry import pairwise_distance
+from .settings import REDUCTIONS, CostSettings
 from .spec import PermutationSpec, fold_sum, tensor
 
 __all__ = ["ConnectionCost", "CostSettings", "REDUCTIONS"]
-
-REDUCTIONS = ("sum", "mean")
-
-
-@dataclass(frozen=True)
-class CostSettings:
-    """The connection cost's settings, checked once; one name for each everywhere in bimt.
-
-    A : in-layer scale; ``A = 0`` removes locality and leaves plain L1.
-    y_star : layer gap; every weight spans one gap, biases and embeddings cost ``y_star``.
-    p : the norm of the displacement ``(A * dx, y_star)``: 1 (default, as the paper), 2, ...
-    bias : charge biases (the reference code leaves them free early in some runs).
-    reduction : ``sum`` over every entry, or ``mean``: each tensor's mean, summed over tensors
-        (what the notebooks do for modular addition and MNIST).
-    distance_free : weight names charged ``|w| * y_star`` whatever their length (the MNIST
-        output layer); the name ``"last"`` stands for the spec's last charged weight.
-
-    ``settings.replace(A=0)`` is a copy with some settings changed (the trainer's variants).
-    """
-
-    A: float = 1.0
-    y_star: float = 1.0
-    p: float = 1.0
-    bias: bool = True
-    reduction: str = "sum"
-    distance_free: tuple[str, ...] = ()
-
-    def __post_init__(self):
-        set_ = lambda k, v: object.__setattr__(self, k, v)
-        set_("A", nonnegative(self.A, "A"))
-        set_("y_star", nonnegative(self.y_star, "y_star"))
-        try:
-            p = float(self.p)
-        except (TypeError, ValueError):
-            p = float("nan")
-        if not p >= 1:  # also refuses nan
-            raise ValueError(f"p must be >= 1, got {self.p!r} (a norm; inf for the max norm)")
-        set_("p", p)
-        set_("bias", bool(self.bias))
-        one_of(self.reduction, REDUCTIONS, "reduction")
-        free = (self.distance_free,) if isinstance(self.distance_free, str) else self.distance_free
-        set_("distance_free", tuple(sorted(set(free))))
-
-    def replace(self, **changes) -> CostSettings:
-        """A copy with ``changes`` applied (and checked)."""
-        return dataclasses.replace(self, **changes)
-
-    def resolve(self, spec: PermutationSpec) -> CostSettings:
-        """The settings with ``"last"`` in ``distance_free`` replaced by that weight's name."""
-        if "last" not in self.distance_free or "last" in spec.weights():
-            return self
-        weights = spec.weights()
-        if not weights:
-            raise ValueError("distance_free names 'last', but the spec charges no weight")
-        free = [n for n in self.distance_free if n != "last"] + [weights[-1]]
-        return self.replace(distance_free=free)
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "distance_free": list(self.distance_free)}
 
 
 class ConnectionCost:
@@ -96,11 +35,7 @@ class ConnectionCost:
     """
 
     def __init__(self, spec: PermutationSpec, settings: CostSettings | None = None, **changes):
-        if settings is None:
-            settings = CostSettings(**changes)
-        elif changes:
-            settings = settings.replace(**changes)
-        settings = settings.resolve(spec)
+        settings = CostSettings.of(settings, **changes).resolve(spec)
         unknown = set(settings.distance_free) - set(spec.weights())
         if unknown:
             raise ValueError(

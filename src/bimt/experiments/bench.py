@@ -141,8 +141,8 @@ def bench_batched(seeds: int = 5, steps: int = 2000, device=None, repeats: int =
     """S seeds of symbolic (a) (bimt method, float32, one thread): trained one after another
     by ``bimt.train``, and as one stack by ``bimt.batched``; same steps, evaluations, swaps and
     final metrics on both sides, timed in turns so machine load hits both alike."""
-    from ..training.batched import fit_many
-    from ..training.loop import train
+    from ..training.loop import fit_many
+    from ..training.loop import fit
 
     kw = dict(task="symbolic-independence", steps=steps, progress=False, plots=False,
               device=device)
@@ -151,7 +151,7 @@ def bench_batched(seeds: int = 5, steps: int = 2000, device=None, repeats: int =
     for _ in range(repeats):
         t0 = time.perf_counter()
         for s in range(seeds):
-            train(seed=s, **kw)
+            fit(seed=s, **kw)
         sequential.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         fit_many(seeds=list(range(seeds)), **kw)

@@ -106,14 +106,14 @@ def _run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from ..training.loop import train
+    from ..training.loop import fit
 
     run_dir = Path(job["run_dir"])
     metrics_path = run_dir / "metrics.json"
     if metrics_path.exists():
         return json.loads(metrics_path.read_text())
     resume = (run_dir / "checkpoint.pt").exists()
-    return train(_job_config(job), out=run_dir, resume=resume, progress=False,
+    return fit(_job_config(job), out=run_dir, resume=resume, progress=False,
                  device=job.get("device")).metrics
 
 
@@ -139,7 +139,7 @@ def _run_job(job: dict) -> tuple[list[dict], float]:
     import torch
 
     torch.set_num_threads(1)
-    from ..training.batched import fit_many
+    from ..training.loop import fit_many
 
     runs = job["stack"]
     configs = [_job_config(r) for r in runs]
@@ -155,27 +155,24 @@ def _stacks(runs: list[dict]) -> list[list[dict]]:
     """A task's runs split into the stacks :func:`bimt.batched.fit_many` would form from them
     (vanilla with its own weight decay is one, say), one job each: a task that needs several
     stacks spreads over the workers, and every stack, so every number, stays as it was."""
-    from ..training.batched import _group_key
+    from ..training.loop import stack_key
     from ..tasks import get_task
 
     stacks: dict[tuple, list[dict]] = {}
     for r in runs:
         cfg = _job_config(r).resolved(get_task(r["task"]))
-        stacks.setdefault(_group_key(cfg, 0), []).append(r)
+        stacks.setdefault(stack_key(cfg, 0), []).append(r)
     return list(stacks.values())
 
 
 def _stackable(task_name: str) -> bool:
-    """Whether the task's model is a BioMLP (which ``bimt.batched`` stacks)."""
-    import dataclasses
-
-    from ..models import BioMLP
+    """Whether the task's runs can train as one stacked model."""
+    from ..models.stacked import stackable
     from ..tasks import get_task
-    from ..training.loop import TrainConfig
+    from ..training.config import TrainConfig
 
     task = get_task(task_name)
-    cfg = TrainConfig(task=task_name).resolved(task)
-    return isinstance(task.make_model(dataclasses.asdict(cfg)), BioMLP)
+    return stackable(task.make_model(TrainConfig(task=task_name).resolved(task).to_dict()))
 
 
 def reproduce(
@@ -193,7 +190,7 @@ def reproduce(
     from tqdm.auto import tqdm
 
     from ..tasks import get_task
-    from ..training.loop import METHODS
+    from ..training.config import METHODS
 
     tasks = list(tasks or PAPER_TASKS)
     for t in tasks:

@@ -159,7 +159,7 @@ def _constraint(text):
 
 
 def _run_local(trials, progress) -> list[dict]:
-    from ..training.batched import fit_many
+    from ..training.loop import fit_many
 
     results = fit_many([TrainConfig.from_dict(t["config"]) for t in trials],
                        out=[t["run_dir"] for t in trials], resume=True, progress=progress,
@@ -172,7 +172,7 @@ def _ray_trial(trial: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from ..training.batched import fit_many
+    from ..training.loop import fit_many
 
     result = fit_many([TrainConfig.from_dict(trial["config"])], out=[trial["run_dir"]],
                       resume=True, progress=False, plots=False)[0]

@@ -43,8 +43,8 @@ class BioCNN(WiredModule):
     norm : ``None``, ``"batch"`` or ``"layer"``.
     layout : positions of every group (channels, hidden units, outputs): ``line`` (default) or
         one entry per group. The input image's channels are a frozen group.
-    A, y_star, p, reduction : connection-cost settings (see :class:`bimt.CostSettings`);
-        ``settings``: a whole CostSettings instead.
+    settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
+        defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
 
     Its wiring (``model.bimt``) draws it in the ``channels`` view (:func:`bimt.viz.graph.plot_channels`).
     """
@@ -52,8 +52,7 @@ class BioCNN(WiredModule):
     def __init__(self, image: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (8, 16),
                  kernel: int = 3, pool: int = 2, hidden: Sequence[int] = (32,),
                  n_classes: int = 10, activation="relu", norm: str | None = None,
-                 layout="line", A: float = 1.0, y_star: float = 1.0, p: float = 1.0,
-                 reduction: str = "sum", settings: CostSettings | None = None):
+                 layout="line", settings: CostSettings | None = None, **cost_settings):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"unknown norm {norm!r}; allowed: None, 'batch', 'layer'")
@@ -128,8 +127,7 @@ class BioCNN(WiredModule):
         self.norm = norm
         self.register_buffer("output_order", torch.arange(n_classes))
         self.spec = PermutationSpec(groups, axes, charges, free=free)
-        if settings is None:
-            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction)
+        settings = CostSettings.of(settings, **cost_settings)
         self.bimt = Wiring(self, self.spec, settings, view="channels")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,9 @@ class BioMLP(WiredModule):
         are concatenated; the tokens' embedding neurons are folds sharing one position each.
     bias : linear layers with biases (as ``nn.Linear``).
     freeze_inputs, freeze_outputs : those neurons never move (MNIST pixels).
-    A, y_star, p, reduction, distance_free : connection-cost settings of :attr:`wiring` (see
-        :class:`bimt.CostSettings`; ``distance_free=["last"]`` for the MNIST output layer).
-    settings : a whole :class:`bimt.CostSettings` instead (then the keywords above are
-        ignored); the way to leave biases uncharged: ``settings=CostSettings(bias=False)``.
+    settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
+        defaults when omitted), with any of its fields given as keywords on top (``A=2.0``,
+        ``distance_free=["last"]`` for the MNIST output layer, ``bias=False``).
 
     The model attaches itself: ``model.bimt`` (also ``model.wiring``) is its
     :class:`bimt.Wiring`.
@@ -68,14 +67,10 @@ class BioMLP(WiredModule):
         n_tokens: int = 2,
         freeze_inputs: bool = False,
         freeze_outputs: bool = False,
-        A: float = 1.0,
-        y_star: float = 1.0,
-        p: float = 1.0,
-        reduction: str = "sum",
-        distance_free: Sequence[str] = (),
         settings: CostSettings | None = None,
         input_labels: Sequence[str] | None = None,
         output_labels: Sequence[str] | None = None,
+        **cost_settings,
     ):
         super().__init__()
         widths = list(widths)
@@ -129,9 +124,7 @@ class BioMLP(WiredModule):
         free = [f"activation.{n}" for n, _ in
                 [*self.activation.named_parameters(), *self.activation.named_buffers()]]
         self.spec = PermutationSpec(groups, axes, charges, free=free)
-        if settings is None:
-            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction,
-                                    distance_free=distance_free)
+        settings = CostSettings.of(settings, **cost_settings)
         self.bimt = Wiring(self, self.spec, settings, input_labels=input_labels,
                            output_labels=output_labels, probes={"hidden": "hidden"})
 
@@ -146,6 +139,9 @@ class BioMLP(WiredModule):
         if self.embedding is not None:
             x = self.embedding[x].flatten(-2)
         else:
+            if x.shape[-1] != len(self.input_order):  # index_select would drop or repeat features
+                raise ValueError(f"this BioMLP takes {len(self.input_order)} input features, got "
+                                 f"inputs of shape {tuple(x.shape)}")
             x = x.index_select(-1, self.input_order)
         layers = [x]
         last = len(self.linears) - 1

@@ -54,8 +54,8 @@ class BioRNN(WiredModule):
         ``(a, b, c)`` (seRNN: ``(5, 5, 4)``) or an ``(hidden, d)`` array. Inputs and outputs
         sit on lines.
     freeze_inputs, freeze_outputs : those neurons never move.
-    A, y_star, p, reduction : connection-cost settings (see :class:`bimt.CostSettings`);
-        ``settings``: a whole CostSettings instead.
+    settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
+        defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
 
     Its wiring (``model.bimt``) draws it in the ``rnn`` view (:func:`bimt.viz.rnn.plot_rnn`).
     """
@@ -71,13 +71,10 @@ class BioRNN(WiredModule):
         bias: bool = True,
         freeze_inputs: bool = False,
         freeze_outputs: bool = False,
-        A: float = 1.0,
-        y_star: float = 1.0,
-        p: float = 1.0,
-        reduction: str = "sum",
         settings: CostSettings | None = None,
         input_labels: Sequence[str] | None = None,
         output_labels: Sequence[str] | None = None,
+        **cost_settings,
     ):
         super().__init__()
         for what, v in (("d_in", d_in), ("hidden", hidden), ("d_out", d_out)):
@@ -120,8 +117,7 @@ class BioRNN(WiredModule):
                     [*self.activation.named_parameters(), *self.activation.named_buffers()]]
         self.spec = PermutationSpec(groups, axes, charges, free=free)
         self.recurrent_weight = w_hh
-        if settings is None:
-            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction)
+        settings = CostSettings.of(settings, **cost_settings)
         self.bimt = Wiring(self, self.spec, settings, view="rnn", input_labels=input_labels,
                            output_labels=output_labels)
 

@@ -125,9 +125,8 @@ class BioTransformer(WiredModule):
     layout : ``line`` (default) for every group, or a mapping from group name (``input``,
         ``resid``, ``attn0``, ``mlp0``, ..., ``output``) to a layout; unnamed groups use lines.
     freeze_inputs, freeze_outputs : those neurons never move.
-    A, y_star, p, reduction : connection-cost settings of :attr:`wiring` (defaults: the paper's
-        in-context run, ``A = 2``, ``y* = 0.5``); ``settings`` a whole
-        :class:`bimt.CostSettings` instead.
+    settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
+        defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
     input_labels, output_labels : optional names of the input and output features (used by
         the plots).
 
@@ -150,13 +149,10 @@ class BioTransformer(WiredModule):
         layout: str | Mapping = "line",
         freeze_inputs: bool = False,
         freeze_outputs: bool = False,
-        A: float = 2.0,
-        y_star: float = 0.5,
-        p: float = 1.0,
-        reduction: str = "sum",
         settings: CostSettings | None = None,
         input_labels: Sequence[str] | None = None,
         output_labels: Sequence[str] | None = None,
+        **cost_settings,
     ):
         super().__init__()
         for what, v in (("d_in", d_in), ("d_out", d_out), ("d_model", d_model),
@@ -191,8 +187,7 @@ class BioTransformer(WiredModule):
                 raise ValueError(f"{what} has {len(labels)} names for {n} features")
 
         self.spec = self._build_spec(layout, bias, freeze_inputs, freeze_outputs)
-        if settings is None:
-            settings = CostSettings(A=A, y_star=y_star, p=p, reduction=reduction)
+        settings = CostSettings.of(settings, **cost_settings)
         self.bimt = Wiring(self, self.spec, settings, view="transformer",
                            input_labels=input_labels, output_labels=output_labels,
                            probes={"residual_stream": "residual_stream",

@@ -22,7 +22,7 @@ from ..core.checks import one_of, positive_int
 from ..core.cost import ConnectionCost, CostSettings
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec, tensor
-from ..core.swap import SwapReport, apply_permutation, swap_pass
+from ..core.swap import DEFAULT_MODE, SwapReport, apply_permutation, swap_pass
 
 __all__ = ["Wiring", "attach", "wiring_of", "has_wiring", "sequential_spec", "default_view", "ELEMENTWISE", "VIEWS"]
 
@@ -95,7 +95,7 @@ class Wiring:
     def swap(
         self,
         top_k: int | None = None,
-        mode: str = "greedy",
+        mode: str = DEFAULT_MODE,
         optimizer=None,
         groups: Iterable[str] | None = None,
         cost: ConnectionCost | None = None,
@@ -109,7 +109,7 @@ class Wiring:
         apply_permutation(self.module, self.spec, group, perm, optimizer)
 
     def step(self, optimizer, lam: float, *, swap_every: int | None = 200, top_k: int | None = None,
-             mode: str = "greedy") -> SwapReport | None:
+             mode: str = DEFAULT_MODE) -> SwapReport | None:
         """One BIMT step for your own loop, after ``loss.backward()``: add ``lam`` times the
         cost's gradient to ``.grad``, ``optimizer.step()``, and every ``swap_every`` calls a swap
         pass that moves the optimizer's state too. Returns the pass's report, else ``None``."""
@@ -205,7 +205,7 @@ class WiredModule(nn.Module):
         """The connection cost (differentiable) under this model's settings."""
         return self.bimt.cost()
 
-    def swap(self, top_k: int | None = None, mode: str = "greedy", optimizer=None, **kw) -> SwapReport:
+    def swap(self, top_k: int | None = None, mode: str = DEFAULT_MODE, optimizer=None, **kw) -> SwapReport:
         """One swap pass over every movable group; see :func:`bimt.swap_pass`."""
         return self.bimt.swap(top_k, mode, optimizer, **kw)
 
@@ -381,27 +381,30 @@ def attach(
     ``reduction``, ``distance_free``), applied on top of ``settings``.
     """
     labels = dict(view=view, input_labels=input_labels, output_labels=output_labels)
-    if spec is not None:
-        wiring = Wiring(module, spec, settings, **labels, **cost_settings)
-        module.bimt = wiring
-        return wiring
-    if not isinstance(module, nn.Sequential):
-        raise TypeError(
-            f"bimt derives specs for nn.Sequential only, got {type(module).__name__}; "
-            "write a PermutationSpec for it and call bimt.attach(module, spec)"
-        )
-    spec = sequential_spec(module, layout, freeze_inputs, freeze_outputs)
+    if spec is None:
+        if not isinstance(module, nn.Sequential):
+            raise TypeError(
+                f"bimt derives specs for nn.Sequential only, got {type(module).__name__}; "
+                "write a PermutationSpec for it and call bimt.attach(module, spec)"
+            )
+        spec = sequential_spec(module, layout, freeze_inputs, freeze_outputs)
     ConnectionCost(spec, settings, **cost_settings)  # refuse bad settings before the module is touched
-    first = next(m for m in module if isinstance(m, nn.Linear))
-    last = [m for m in module if isinstance(m, nn.Linear)][-1]
-    device = first.weight.device
-    old = getattr(module, "bimt", None)
-    if not hasattr(module, INPUT_ORDER):
-        module.register_buffer(INPUT_ORDER, torch.arange(first.in_features, device=device))
-        module.register_buffer(OUTPUT_ORDER, torch.arange(last.out_features, device=device))
-        hooks = (module.register_forward_pre_hook(_order_inputs).id,
-                 module.register_forward_hook(_order_outputs).id)
-    else:
+    hooks = ()
+    if isinstance(module, nn.Sequential) and (INPUT_ORDER in spec.axes or OUTPUT_ORDER in spec.axes):
+        hooks = _order_hooks(module)
+    wiring = Wiring(module, spec, settings, **labels, **cost_settings)
+    wiring._hooks = hooks
+    module.bimt = wiring
+    return wiring
+
+
+def _order_hooks(module: nn.Sequential) -> tuple[int, ...]:
+    """The order buffers and hooks that keep an attached Sequential's interface order while its
+    input and output neurons move (added once: attaching again, or a saved spec, reuses them)."""
+    linears = [m for m in module if isinstance(m, nn.Linear)]
+    first, last = linears[0], linears[-1]
+    old = module.__dict__.get("bimt")
+    if hasattr(module, INPUT_ORDER):
         sizes = (getattr(module, INPUT_ORDER).numel(), getattr(module, OUTPUT_ORDER).numel())
         if sizes != (first.in_features, last.out_features):
             raise ValueError(
@@ -409,15 +412,19 @@ def attach(
                 f"but now has {first.in_features} inputs and {last.out_features} outputs; "
                 "attach a fresh module after changing its interface"
             )
-        hooks = old._hooks if isinstance(old, Wiring) else ()
-    wiring = Wiring(module, spec, settings, **labels, **cost_settings)
-    wiring._hooks = hooks
-    module.bimt = wiring
-    return wiring
+        return old._hooks if isinstance(old, Wiring) else ()
+    device = first.weight.device
+    module.register_buffer(INPUT_ORDER, torch.arange(first.in_features, device=device))
+    module.register_buffer(OUTPUT_ORDER, torch.arange(last.out_features, device=device))
+    return (module.register_forward_pre_hook(_order_inputs).id,
+            module.register_forward_hook(_order_outputs).id)
 
 
 def _order_inputs(module, args):
-    x = args[0]
+    x, order = args[0], getattr(module, INPUT_ORDER)
+    if x.shape[-1] != order.numel():  # index_select would quietly drop or repeat features
+        raise ValueError(f"this {type(module).__name__} was attached with {order.numel()} inputs, "
+                         f"got inputs of shape {tuple(x.shape)} ({x.shape[-1]} features)")
     return (x.index_select(-1, getattr(module, INPUT_ORDER)),) + tuple(args[1:])
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.settings import CostSettings
+
 __all__ = [
     "Data", "Task", "TASKS", "get_task", "register_task", "task_from_arrays", "task_from_function",
 ]
@@ -46,6 +48,8 @@ class Data:
     output_labels: list[str] | None = None
     #: targets the training loss fits when it fits more than the reported quantity (None: y_train)
     y_train_fit: torch.Tensor | None = None
+    #: evaluate the training loss on the first this many rows only (large corpora); None: all
+    train_eval_rows: int | None = None
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Task:
     ``predict(output)`` maps model outputs to what the loss compares with the targets;
     ``predict_fit`` does so for ``Data.y_train_fit`` when a task trains on more than it reports.
     ``method_defaults`` override ``defaults`` for one method (``{"vanilla": {...}}``).
+    ``metrics(row)`` adds task-specific entries to ``metrics.json`` from the final evaluation
+    row (``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``, ``connection_cost``).
     """
 
     name: str
@@ -69,6 +75,10 @@ class Task:
     predict: Callable[[torch.Tensor], torch.Tensor] | None = None
     predict_fit: Callable[[torch.Tensor], torch.Tensor] | None = None
     method_defaults: dict = field(default_factory=dict)
+    metrics: Callable[[dict], dict] | None = None
+
+    def extra_metrics(self, row: dict) -> dict:
+        return self.metrics(row) if self.metrics is not None else {}
 
     def __post_init__(self):
         if self.kind not in ("regression", "classification"):
@@ -97,11 +107,7 @@ def _mlp_model(**fixed):
     def make(config: dict):
         from ..models import BioMLP
 
-        return BioMLP(
-            config["widths"], A=config["A"], y_star=config["y_star"], p=config["p"],
-            reduction=config["reduction"], distance_free=config["distance_free"] or (),
-            **fixed,
-        )
+        return BioMLP(config["widths"], settings=CostSettings.from_config(config), **fixed)
 
     return make
 
@@ -477,9 +483,9 @@ def _transformer_model(config: dict):
 
     d_model = config["widths"][0] if config.get("widths") else 32
     # GELU's tanh approximation, as the notebook writes it out
-    return BioTransformer(2, 2, d_model=d_model, n_blocks=2, n_heads=1, A=config["A"],
+    return BioTransformer(2, 2, d_model=d_model, n_blocks=2, n_heads=1,
                           activation=torch.nn.GELU(approximate="tanh"),
-                          y_star=config["y_star"], p=config["p"], reduction=config["reduction"])
+                          settings=CostSettings.from_config(config))
 
 
 # lambda follows the in-context notebook (1e-3, times 10 at 1/4 and again at 3/4); the paper's

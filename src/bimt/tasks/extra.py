@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ..core.settings import CostSettings
+
 __all__ = ["two_stream_arrays", "goal_inference_arrays", "rnn_model", "cnn_model",
            "TWO_STREAM_DEFAULTS", "GOAL_INFERENCE_DEFAULTS", "CNN_MNIST_DEFAULTS"]
 
@@ -83,8 +85,8 @@ def rnn_model(d_in: int, d_out: int, layout):
         hidden = widths[len(widths) // 2]
         side = round(hidden ** 0.5)
         hidden_layout = layout if side * side == hidden else "line"
-        return BioRNN(d_in, hidden, d_out, layout=hidden_layout, A=config["A"],
-                      y_star=config["y_star"], p=config["p"], reduction=config["reduction"])
+        return BioRNN(d_in, hidden, d_out, layout=hidden_layout,
+                      settings=CostSettings.from_config(config))
 
     return make
 
@@ -106,8 +108,7 @@ def cnn_model(config: dict):
         raise ValueError(f"widths for cnn-mnist lists conv channels then hidden units, e.g. "
                          f"[8, 16, 32]; got {widths}")
     return BioCNN((1, 28, 28), channels=widths[:2], hidden=widths[2:], n_classes=10,
-                  A=config["A"], y_star=config["y_star"], p=config["p"],
-                  reduction=config["reduction"])
+                  settings=CostSettings.from_config(config))
 
 
 CNN_MNIST_DEFAULTS = dict(

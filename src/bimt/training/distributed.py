@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..core.swap import SwapReport, apply_permutation
+from ..core.swap import DEFAULT_MODE, SwapReport, apply_permutation
 from ..core.swap import swap_pass as _swap_pass
 
 __all__ = ["init_from_env", "active", "is_main", "wrap", "shard", "swap_pass", "world"]
@@ -98,7 +98,7 @@ def shard(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return xb[rank * part:(rank + 1) * part], yb[rank * part:(rank + 1) * part]
 
 
-def swap_pass(module, spec, cost, top_k=None, mode="greedy", optimizer=None, groups=None):
+def swap_pass(module, spec, cost, top_k=None, mode=DEFAULT_MODE, optimizer=None, groups=None):
     """:func:`bimt.swap_pass` decided on rank 0; the other ranks apply its permutations."""
     if not active():
         return _swap_pass(module, spec, cost, top_k, mode, optimizer, groups)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+from dataclasses import dataclass
 import fcntl
 import io
 import json
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import TrainConfig
-from ..core.cost import CostSettings
+from .config import TrainConfig, read_config_file
+from ..core.settings import COST_FIELDS, CostSettings
 from ..core.fileio import atomic_write_bytes, write_json
 from ..models.wiring import Wiring, attach, has_wiring, wiring_of
 from ..core.spec import Group, PermutationSpec
@@ -203,7 +204,41 @@ class WeightsOnly(nn.Module):
         )
 
 
-# -- loading -------------------------------------------------------------------------------
+# -- loading: the one way a run directory is read back --------------------------------------
+def read_run(run_dir, model: nn.Module | None = None) -> tuple[TrainConfig, dict]:
+    """A run directory's saved config and checkpoint, checked against each other.
+
+    Every reader goes through here (``bimt analyze``, ``plot``, ``view``, :func:`load_model`,
+    resume). A file of the wrong kind, a checkpoint whose weights do not fit the model its config
+    builds, or a ``config.json`` edited to disagree with the checkpoint's own config is refused
+    with one line naming the file (the checkpoint's config is the one that trained the weights).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"the run directory {run_dir} does not exist")
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    try:
+        config = TrainConfig.from_dict(state.get("config"))
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{run_dir / 'checkpoint.pt'} holds an unreadable config ({e})") from None
+    for key, kind in (("model", dict), ("optimizer", dict), ("history", list), ("step", int)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{run_dir / 'checkpoint.pt'} is not a complete bimt checkpoint "
+                             f"(its {key!r} is missing or of the wrong type)")
+    saved = run_dir / "config.json"
+    if saved.exists():
+        on_disk = read_config_file(saved)
+        mine = json.loads(json.dumps(config.to_dict()))
+        if on_disk != mine:
+            differ = (sorted(k for k in set(on_disk) | set(mine) if on_disk.get(k) != mine.get(k))
+                      if isinstance(on_disk, dict) else ["(not a JSON object)"])
+            raise ValueError(f"{saved} disagrees with the config its checkpoint was trained with "
+                             f"(keys {', '.join(map(str, differ[:5]))}); the checkpoint's is the "
+                             "run's: restore config.json, or start a new run from the edited one "
+                             "with --config and another --out")
+    return config, state
+
+
 def load_model(run_dir: str | os.PathLike, model: nn.Module | None = None) -> tuple[nn.Module, TrainConfig]:
     """The trained model of a run directory, with its resolved config.
 
@@ -211,38 +246,52 @@ def load_model(run_dir: str | os.PathLike, model: nn.Module | None = None) -> tu
     loads into ``model`` (a fresh instance of its class; it gets the run's wiring if it has
     none), or, without one, into a :class:`WeightsOnly` module carrying the run's wiring.
     """
-    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    config = TrainConfig.from_dict(state["config"])
+    config, state = read_run(run_dir, model)
+    where = Path(run_dir) / "checkpoint.pt"
     if config.task == MODULE_TASK:
         record = state.get("wiring")
         if record is None:
             raise ValueError(f"{run_dir} trained a module but its checkpoint keeps no wiring")
-        settings = CostSettings(**record["settings"])
-        spec = spec_from_dict(record["spec"])
-        labels = dict(view=record["view"], input_labels=record["input_labels"],
-                      output_labels=record["output_labels"])
         if model is None:
             model = WeightsOnly(state["model"])
-            model.bimt = Wiring(model, spec, settings, check=False, **labels)
+            restore_wiring(model, record, check=False)
         else:
-            model.load_state_dict(state["model"])
             if not has_wiring(model):
-                attach(model, spec, settings, **labels)
-        cfg = dataclasses.replace(config, **{k: v for k, v in settings.to_dict().items()
-                                             if k in ("A", "y_star", "p", "reduction", "distance_free")})
-        cfg = _resolved_module_config(cfg)
+                restore_wiring(model, record)
+            _load_weights(model, state["model"], where)
+        cfg = _resolved_module_config(config.cost_settings(wiring_of(model).settings), config)
         model.eval()
         return model, cfg
     task = get_task(config.task)
     cfg = config.resolved(task)
     if model is None:
-        model = task.make_model(dataclasses.asdict(cfg)).to(getattr(torch, cfg.dtype))
-    model.load_state_dict(state["model"])
+        model = task.make_model(cfg.to_dict()).to(getattr(torch, cfg.dtype))
+    _load_weights(model, state["model"], where)
     wiring = wiring_of(model)
     if wiring.input_labels is None or wiring.output_labels is None:
         adopt_labels(wiring, task.make_data(cfg.seed, cfg.data_dir))
     model.eval()
     return model, cfg
+
+
+def _load_weights(model: nn.Module, weights: dict, where: Path) -> None:
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ValueError(f"{where} does not fit the model its config builds ({first})") from None
+
+
+def restore_wiring(model: nn.Module, record: dict, check: bool = True) -> None:
+    """Give ``model`` the wiring a checkpoint recorded (its spec, settings, view and labels);
+    ``check=False`` for a :class:`WeightsOnly` module, which holds the tensors and no code."""
+    spec, settings = spec_from_dict(record["spec"]), CostSettings(**record["settings"])
+    labels = dict(view=record["view"], input_labels=record["input_labels"],
+                  output_labels=record["output_labels"])
+    if check:
+        attach(model, spec, settings, **labels)
+    else:
+        model.bimt = Wiring(model, spec, settings, check=False, **labels)
 
 
 def adopt_labels(wiring: Wiring, data) -> None:
@@ -256,11 +305,14 @@ def adopt_labels(wiring: Wiring, data) -> None:
             setattr(wiring, f"{role}_labels", list(given))
 
 
-def _resolved_module_config(config: TrainConfig) -> TrainConfig:
+def _resolved_module_config(settings: CostSettings, config: TrainConfig) -> TrainConfig:
+    """A module run's resolved config, with its module's cost settings."""
     from ..tasks import Task
 
     placeholder = Task(MODULE_TASK, "a user's module", "regression", lambda *a: None, lambda c: None)
-    return config.resolved(placeholder)
+    given = {k: getattr(settings, k) for k in COST_FIELDS}
+    given["distance_free"] = list(given["distance_free"])
+    return dataclasses.replace(config, **given).resolved(placeholder)
 
 
 # -- files ---------------------------------------------------------------------------------
@@ -292,36 +344,144 @@ def say(progress: bool, what: str) -> None:
         print(f"bimt: {what}", file=sys.stderr, flush=True)
 
 
-def write_plots(result, progress: bool = False) -> None:
-    """graph.png/svg (in the model's view), decision_boundary.png, evolution.gif."""
+def write_plots(result, progress: bool = False) -> list[str]:
+    """graph.png/svg (in the model's view), decision_boundary.png, evolution.gif; returns the
+    files written. A figure that cannot be drawn is a one-line warning naming it, never an
+    error: the run's metrics and checkpoint are already on disk."""
     from .. import viz
 
-    run_dir, model = result.run_dir, result.model
-    say(progress, f"drawing {run_dir}/graph.png, graph.svg")
-    viz.save_figure(viz.plot(model), run_dir / "graph", formats=("png", "svg"))
-    d = result.data
-    if d is None or isinstance(model, WeightsOnly):
-        return
+    run_dir, model, d = result.run_dir, result.model, result.data
     two_input_classifier = (
-        d.X_train.ndim == 2 and d.X_train.shape[1] == 2 and d.X_train.is_floating_point()
-        and not d.y_train.is_floating_point()
-    )
+        d is not None and not isinstance(model, WeightsOnly) and torch.is_tensor(d.X_train)
+        and d.X_train.ndim == 2 and d.X_train.shape[1] == 2 and d.X_train.is_floating_point()
+        and torch.is_tensor(d.y_train) and not d.y_train.is_floating_point())
+    figures = [("graph.png, graph.svg", lambda: viz.save_figure(
+        viz.plot(model), run_dir / "graph", formats=("png", "svg")))]
     if two_input_classifier:
-        say(progress, "drawing decision_boundary.png")
-        fig = viz.plot_decision_boundary(model, d.X_test, d.y_test)
-        viz.save_figure(fig, run_dir / "decision_boundary", formats=("png",))
-    if result.config.animate and result.snapshots:
+        figures.append(("decision_boundary.png", lambda: viz.save_figure(
+            viz.plot_decision_boundary(model, d.X_test, d.y_test), run_dir / "decision_boundary",
+            formats=("png",))))
+    if result.config.animate and result.snapshots and d is not None and not isinstance(model, WeightsOnly):
         boundary = (d.X_test, d.y_test) if two_input_classifier else None
-        viz.write_animation(model, result.snapshots, run_dir / "evolution.gif",
-                            decision_boundary_data=boundary, progress=progress)
+        figures.append(("evolution.gif", lambda: viz.write_animation(
+            model, result.snapshots, run_dir / "evolution.gif", decision_boundary_data=boundary,
+            progress=progress)))
+    written = []
+    for name, draw in figures:
+        say(progress, f"drawing {run_dir}/{name}")
+        try:
+            draw()
+            written.append(name)
+        except Exception as e:  # noqa: BLE001 - a picture never costs the run
+            message = " ".join(str(e).split())[:200]
+            print(f"bimt: warning: could not draw {run_dir}/{name}: {type(e).__name__}: {message}",
+                  file=sys.stderr, flush=True)
+    return written
+
+
+@dataclass
+class Objective:
+    """How a run's outputs meet its targets: the one builder of the loss and the predictions,
+    for training, evaluation and analysis alike."""
+
+    loss: object  # (prediction, target) -> scalar tensor
+    predict: object  # model output -> what the reported loss and accuracy compare
+    fit_predict: object  # model output -> what the training loss compares (``Data.y_train_fit``)
+    loss_name: str
+    kind: str  # "regression" or "classification"
+    n_out: int | None
+
+    def targets(self, y, model: nn.Module):
+        """What the loss compares with: integer classes one-hot under MSE (``n_out`` wide)."""
+        if y is not None and self.loss_name == "mse" and not y.is_floating_point():
+            n = self.n_out or int(y.max()) + 1
+            return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
+        return y
+
+    @torch.no_grad()
+    def check_fits(self, model: nn.Module, data, cfg) -> None:
+        """One clear line, before anything is written, when the data cannot train the model:
+        empty splits, non-finite values, float targets under cross-entropy, shapes that do not
+        fit the model's inputs or outputs."""
+        import warnings
+
+        X, y = data.X_train, data.y_train
+        if not (torch.is_tensor(X) and torch.is_tensor(y)):  # data loaders: checked as they come
+            return
+        for split, A in (("training inputs", X), ("training targets", y), ("test inputs", data.X_test),
+                         ("test targets", data.y_test)):
+            if torch.is_tensor(A) and len(A) == 0:
+                raise ValueError(f"the {split} are empty; give at least one sample")
+            if torch.is_tensor(A) and A.is_floating_point() and not bool(torch.isfinite(A).all()):
+                bad = int((~torch.isfinite(A)).sum())
+                raise ValueError(f"the {split} hold {bad} NaN or infinite values; clean the data")
+        if self.loss_name == "ce" and y.is_floating_point():
+            raise ValueError(f"loss 'ce' (cross-entropy) needs integer class labels, got targets "
+                             f"of dtype {str(y.dtype).replace('torch.', '')}; use loss 'mse' for "
+                             "regression, or give the classes as integers")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # MSELoss warns, then broadcasts, on a shape mismatch
+                out = model(X[:2])  # the models check their inputs' feature count themselves
+                self.loss(self.predict(out), self.targets(y[:2], model))
+                if data.output_labels is not None and len(data.output_labels) != out.shape[-1]:
+                    raise ValueError(f"{out.shape[-1]} outputs for {len(data.output_labels)} targets")
+        except (RuntimeError, IndexError, ValueError, UserWarning) as e:
+            reason = " ".join(str(e).split())[:200]
+            what = f"widths {cfg.widths}" if cfg.widths else type(model).__name__
+            raise ValueError(f"the model ({what}) does not fit {cfg.task}'s data (inputs of shape "
+                             f"{tuple(X.shape[1:])}, targets of shape {tuple(y.shape[1:])}): "
+                             f"{reason}") from None
+
+
+def objective(task, loss_name: str, wiring, custom=None, data=None) -> Objective:
+    """The :class:`Objective` of a task (and its data) under a loss ("mse", "ce" or a function)."""
+    predict = task.predict or (lambda o: o)
+    fits_more = data is not None and data.y_train_fit is not None
+    return Objective(
+        loss=custom or (nn.MSELoss() if loss_name == "mse" else nn.CrossEntropyLoss()),
+        predict=predict, fit_predict=(task.predict_fit or predict) if fits_more else predict,
+        loss_name=loss_name, kind=task.kind, n_out=_n_outputs(wiring))
 
 
 def targets(y: torch.Tensor, loss: str, model: nn.Module, n_out: int | None = None) -> torch.Tensor:
-    """What the loss compares outputs with: integer classes one-hot under MSE (``n_out`` wide)."""
-    if y is not None and loss == "mse" and not y.is_floating_point():
-        n = n_out or int(y.max()) + 1
-        return nn.functional.one_hot(y, n).to(next(model.parameters()).dtype)
-    return y
+    """What the loss compares outputs with (see :meth:`Objective.targets`)."""
+    return Objective(None, None, None, loss, "", n_out).targets(y, model)
+
+
+def module_task(model: nn.Module, data, config: TrainConfig, checkpoint: dict | None):
+    """``(task, config)`` for training your own module: a :class:`~bimt.tasks.Task` that hands
+    out that very module and your data, and the config with the module's cost settings where
+    it sets none. A fresh instance resuming a run gets the run's wiring first."""
+    from ..tasks import Data, Task
+
+    if checkpoint is not None and not has_wiring(model) and "wiring" in checkpoint:
+        restore_wiring(model, checkpoint["wiring"])
+    wiring = wiring_of(model)
+    have = wiring.settings.to_dict()
+    config = dataclasses.replace(config, **{k: have[k] for k in COST_FIELDS if getattr(config, k) is None})
+    if not isinstance(data, (tuple, list)) or len(data) not in (2, 4):
+        raise ValueError("data must be (X_train, y_train, X_test, y_test) or "
+                         f"(train_loader, test_loader), got {type(data).__name__}")
+    if len(data) == 2:
+        for what, loader in zip(("train", "test"), data):
+            if not isinstance(loader, torch.utils.data.DataLoader):
+                raise ValueError(f"the {what} loader must be a torch DataLoader, got "
+                                 f"{type(loader).__name__}")
+        d = Data(data[0], None, data[1], None, "DataLoader")
+        kind = "classification" if config.loss == "ce" else "regression"
+    else:
+        dtype = next(iter(model.parameters())).dtype
+        as_t = lambda a: (lambda t: t.to(dtype) if t.is_floating_point() else t)(torch.as_tensor(a))
+        d = Data(*(as_t(a) for a in data), "arrays")
+        if len(d.X_train) != len(d.y_train) or len(d.X_test) != len(d.y_test):
+            raise ValueError(f"{len(d.X_train)} training inputs for {len(d.y_train)} targets, "
+                             f"{len(d.X_test)} test inputs for {len(d.y_test)} targets")
+        kind = ("classification" if config.loss == "ce" or not d.y_train.is_floating_point()
+                else "regression")
+    task = Task(MODULE_TASK, f"your {type(model).__name__}", kind, lambda seed, data_dir=None: d,
+                lambda cfg: model)
+    return task, config
 
 
 # -- a run directory, analysed (``bimt analyze``) ---------------------------------------------

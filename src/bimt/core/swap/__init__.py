@@ -27,7 +27,8 @@ moments, momentum, ...) and any gradient, so training continues as if nothing ha
 """
 
 from .core import (
-    REL_TOL, SOLVERS, PassState, SwapReport, apply_permutation, register_solver, swap_modes, swap_pass,
+    DEFAULT_MODE, REL_TOL, SOLVERS, PassState, SwapReport, apply_permutation, register_solver,
+    swap_modes, swap_pass,
 )
 from . import exact, greedy, untangle  # after core: the built-in solvers
 
@@ -36,4 +37,4 @@ register_solver("exact", exact.solve)
 register_solver("untangle", untangle.solve)
 
 __all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
-           "register_solver", "swap_modes", "REL_TOL"]
+           "register_solver", "swap_modes", "REL_TOL", "DEFAULT_MODE"]

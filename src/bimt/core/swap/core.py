@@ -12,10 +12,11 @@ from torch import nn
 
 from ..checks import one_of, positive_int
 from ..cost import ConnectionCost
+from ..settings import DEFAULT_SWAP_MODE as DEFAULT_MODE
 from ..spec import PermutationSpec, tensor
 
 __all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
-           "register_solver", "swap_modes"]
+           "register_solver", "swap_modes", "DEFAULT_MODE"]
 
 # A swap must lower the cost by more than this fraction of the group's largest placement cost;
 # it keeps float rounding from shuffling neurons whose placements cost the same.
@@ -86,7 +87,7 @@ def swap_pass(
     spec: PermutationSpec,
     cost: ConnectionCost,
     top_k: int | None = None,
-    mode: str = "greedy",
+    mode: str = DEFAULT_MODE,
     optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
     groups: Iterable[str] | None = None,
 ) -> SwapReport:
