@@ -15,6 +15,17 @@ are visible (``|round(127 w / max|W|)| >= MIN_Q``, at most ``MAX_EDGES`` of the
 strongest), as base64 of little-endian index and int8 arrays; node importances as uint8 of
 the layer's maximum. Weights in tooltips are therefore within 1/254 of their layer's max|w|.
 
+Run directories and report pages are shared, so every string a run carries (task name, labels,
+group names, metric names and values, history columns) is untrusted and reaches the page as
+text only: the script builds DOM nodes and sets ``textContent``, never ``innerHTML``. The data
+travel as JSON in a ``<script type="application/json">`` element that the browser never runs,
+with ``<``, ``>`` and ``&`` written as ``\\u003c`` and the like, so no string can close that
+element or open a comment that swallows the rest of the page. As a second line, a
+Content-Security-Policy meta tag lets only the page's own script and style run (their sha256,
+computed when the page is rendered, so an edited template still matches) and forbids every
+fetch: if markup ever slipped in, it could neither run nor call out. The policy travels with
+the page into Jupyter's ``srcdoc`` iframe.
+
 Everything the page needs from a model comes from :func:`_read_network`, the one place that
 knows model types (through ``wiring_of(model).view``: a layered network via
 :func:`bimt.viz.graph.layered_view`, or a ``BioTransformer``). Reading a run directory (its
@@ -26,9 +37,11 @@ from __future__ import annotations
 
 import base64
 import copy
+import hashlib
 import html
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -287,12 +300,39 @@ def _template() -> str:
     return files(__package__).joinpath("report_template.html").read_text(encoding="utf-8")
 
 
+#: Characters that could end, or comment out, the data's <script> element (and the line
+#: separators some JSON readers take for line ends), written as JSON escapes instead.
+_JSON_ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026",
+                 "\u2028": "\\u2028", "\u2029": "\\u2029"}
+
+
+def _csp_hash(text: str) -> str:
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode('ascii')}'"
+
+
+def _content_security_policy(page: str) -> str:
+    """The page's policy: its own inline script and style (by hash), nothing else, no network.
+
+    ``img-src data:`` lets the inline ``data:,`` favicon load (that link keeps a browser from
+    asking a server for ``/favicon.ico``; blocked, it is a console error); ``connect-src``
+    repeats ``default-src`` to say it."""
+    script = re.search(r"<script>(.*?)</script>", page, re.S).group(1)
+    style = re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+    return (f"default-src 'none'; script-src {_csp_hash(script)}; style-src {_csp_hash(style)}; "
+            "img-src data:; connect-src 'none'; base-uri 'none'; form-action 'none'")
+
+
 def render_html(data: dict) -> str:
+    """The page: the template with the policy, the title (HTML-escaped) and the data (JSON in a
+    non-executable ``<script type="application/json">``, with ``<``, ``>``, ``&``, U+2028 and
+    U+2029 escaped), filled in one pass so no value is read as another's placeholder."""
     payload = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    payload = payload.replace("</", "<\\/")  # no "</script>" inside the script
+    payload = re.sub("[<>&\u2028\u2029]", lambda m: _JSON_ESCAPES[m.group()], payload)
     page = _template()
-    return (page.replace("/*BIMT_TITLE*/", html.escape(str(data.get("title", "bimt"))))
-                .replace("/*BIMT_DATA*/null", payload))
+    values = {"CSP": html.escape(_content_security_policy(page), quote=False),
+              "TITLE": html.escape(str(data.get("title", "bimt"))), "DATA": payload}
+    return re.sub(r"/\*BIMT_(CSP|TITLE|DATA)\*/", lambda m: values[m.group(1)], page)
 
 
 @dataclass
