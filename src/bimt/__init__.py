@@ -19,12 +19,12 @@ _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "
                "BioTransformer": "models", "Wiring": "models", "attach": "models",
                "wiring_of": "models", "Group": "spec", "PermutationSpec": "spec",
                "SOLVERS": "swap", "SwapReport": "swap", "apply_permutation": "swap",
-               "register_solver": "swap", "swap_pass": "swap"}
+               "register_solver": "swap", "swap_pass": "swap", "register_spec_builder": "models"}
 
 __all__ = [
     "BioCNN", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
     "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
-    "register_solver", "SOLVERS", "fit", "fit_many", "TrainConfig", "load_model", "Task", "task_from_arrays",
+    "register_solver", "register_spec_builder", "SOLVERS", "fit", "fit_many", "TrainConfig", "load_model", "Task", "task_from_arrays",
     "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",
 ]
 
