@@ -397,7 +397,7 @@ def llama(seed, n_layer=2, n_kv=2, n_rep=2, d_head=4, hidden=10, inter=7, tied=F
 
 @needs_hf
 def test_llama_spec_layout():
-    model = llama(0, n_layer=1, n_kv=2, n_rep=3, d_head=4, hidden=12, inter=7, tied=True)
+    model = llama(0, n_layer=1, n_kv=2, n_rep=3, d_head=4, hidden=24, inter=7, tied=True)
     spec = attach(model).spec
     attn = spec.groups["attn0"]
     assert (attn.size, attn.heads, attn.rigid, attn.fold_order) == (8, 2, True, "heads")
@@ -406,20 +406,20 @@ def test_llama_spec_layout():
     assert {n for n, _ in spec.axes_of("mlp0")} == {
         f"model.layers.0.mlp.{p}.weight" for p in ("gate_proj", "up_proj", "down_proj")}
     assert ("model.norm.weight", 0) in spec.axes_of("resid") and "lm_head.weight" not in spec.axes
-    assert set(spec.free) == {"model.rotary_emb.inv_freq", "model.rotary_emb.original_inv_freq"} & \
-        {n for n, _ in model.named_buffers()}
+    rotary = {n for n, _ in model.named_buffers() if "rotary_emb." in n}  # per layer before 4.45
+    assert rotary and set(spec.free) == rotary
 
 
 @needs_hf
 @settings(max_examples=50, deadline=None)
 @given(seed=st.integers(0, 10_000), n_layer=st.integers(1, 2), n_kv=st.integers(1, 3),
-       n_rep=st.sampled_from([1, 1, 2, 3]), d_head=st.sampled_from([2, 4]), width=st.integers(1, 3),
+       n_rep=st.sampled_from([1, 1, 2, 3]), d_head=st.sampled_from([2, 4]),
        inter=st.integers(1, 8), tied=st.booleans(), bias=st.booleans(), head=st.booleans(),
        seq=st.integers(1, 5), f64=st.booleans(), top_k=st.sampled_from([None, 3]),
        A=st.sampled_from([0.5, 2.0]))
-def test_llama_swap_passes_keep_the_function(seed, n_layer, n_kv, n_rep, d_head, width, inter, tied,
+def test_llama_swap_passes_keep_the_function(seed, n_layer, n_kv, n_rep, d_head, inter, tied,
                                              bias, head, seq, f64, top_k, A):
-    hidden = width * n_kv * n_rep  # transformers wants the heads to divide the hidden size
+    hidden = d_head * n_kv * n_rep  # older transformers take head_dim = hidden / heads
     model = llama(seed, n_layer, n_kv, n_rep, d_head, hidden, inter, tied, bias, bias, head,
                   dtype=torch.float64 if f64 else torch.float32)
     attach(model, A=A, y_star=0.5)
@@ -433,17 +433,17 @@ def test_llama_swap_passes_keep_the_function(seed, n_layer, n_kv, n_rep, d_head,
 def test_llama_swaps_move_whole_kv_groups_and_export_round_trips(tmp_path):
     from transformers import LlamaForCausalLM
 
-    model = llama(2, n_layer=2, n_kv=3, n_rep=2, d_head=4, hidden=12, inter=10, dtype=torch.float32)
+    model = llama(2, n_layer=2, n_kv=3, n_rep=2, d_head=2, hidden=12, inter=10, dtype=torch.float32)
     x = tokens(13, 6, 2)
     y0 = hf_output(model, x)
     wiring = attach(model, A=4.0, y_star=0.2)
     report = wiring.swap(mode="exact")
     assert {"resid", "mlp0", "mlp1"} <= set(report.moved)
     # the key/value groups are now at their best places; trade two, and exact trades them back
-    apply_permutation(model, wiring.spec, "attn0", np.r_[4:8, 0:4, 8:12])
+    apply_permutation(model, wiring.spec, "attn0", np.r_[2:4, 0:2, 4:6])
     back = wiring.swap(mode="exact", groups=["attn0"])
     assert back.cost_after < back.cost_before
-    assert (back.permutations["attn0"] == np.r_[4:8, 0:4, 8:12]).all()
+    assert (back.permutations["attn0"] == np.r_[2:4, 0:2, 4:6]).all()
     assert rel_diff(hf_output(model, x), y0) <= F32
     wiring.export().save_pretrained(tmp_path / "llama")
     back = LlamaForCausalLM.from_pretrained(tmp_path / "llama").eval()
@@ -454,7 +454,7 @@ def test_llama_swaps_move_whole_kv_groups_and_export_round_trips(tmp_path):
 def test_llama_needs_rigid_heads_and_folds_inside_heads():
     """Controls: rotary embeddings break under a move inside a head, and with grouped-query
     attention a head move laid out fold-major (the default order) breaks the function."""
-    model = llama(3, n_layer=1, n_kv=2, n_rep=2, d_head=4, hidden=8, inter=5)
+    model = llama(3, n_layer=1, n_kv=2, n_rep=2, d_head=4, hidden=16, inter=5)
     x = tokens(13, 6, 3)
     y0 = hf_output(model, x)
     spec = attach(model).spec
