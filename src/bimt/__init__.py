@@ -23,7 +23,7 @@ _NAMES = {
     "PermutationSpec": "core.spec", "SOLVERS": "core.swap", "SwapReport": "core.swap",
     "apply_permutation": "core.swap", "register_solver": "core.swap", "swap_pass": "core.swap",
     "BioMLP": "models", "BioRNN": "models", "BioCNN": "models", "BioTransformer": "models",
-    "Wiring": "models", "attach": "models", "wiring_of": "models",
+    "Wiring": "models", "attach": "models", "wiring_of": "models", "register_spec_builder": "models",
 }
 
 __all__ = sorted(_NAMES) + ["analysis", "viz", "tasks"]

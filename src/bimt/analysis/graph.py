@@ -17,7 +17,7 @@ from torch import nn
 
 from ..core.checks import nonnegative
 from ..models.wiring import wiring_of
-from ..core.spec import PermutationSpec, fold_sum, tensor
+from ..core.spec import PermutationSpec, tensor
 
 __all__ = [
     "weight_graph", "modularity", "communities", "find_modules", "module_slots", "tree_roots",
@@ -79,18 +79,17 @@ def _slot_matrix(spec: PermutationSpec, module: nn.Module, name: str,
 
     With ``threshold > 0``, entries below ``threshold * max|W|`` are dropped first.
     """
-    out_g, in_g = spec.axes[name][:2]
     w = tensor(module, name).detach().abs().to("cpu", torch.float64)
     if threshold > 0 and w.numel():
         w = torch.where(w >= threshold * w.max(), w, torch.zeros_like(w))
     w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel joins one channel pair
-    return fold_sum(fold_sum(w, spec.groups[out_g].size, 0), spec.groups[in_g].size, 1).numpy()
+    return spec.to_slots(name, w).numpy()
 
 
 def _sources_and_sinks(spec: PermutationSpec) -> tuple[list[str], list[str]]:
     """Groups that only send (network inputs) and groups that only receive (outputs)."""
-    sends = {spec.axes[n][1] for n in spec.weights()}
-    receives = {spec.axes[n][0] for n in spec.weights()}
+    sends = {spec.weight_groups(n)[1] for n in spec.weights()}
+    receives = {spec.weight_groups(n)[0] for n in spec.weights()}
     sources = [g for g in spec.groups if g in sends and g not in receives]
     sinks = [g for g in spec.groups if g in receives and g not in sends]
     return sources, sinks
@@ -124,7 +123,7 @@ def weight_graph(model, threshold: float = 0.0) -> nx.Graph:
     index = {node: i for i, node in enumerate(nodes)}
     lo_all, hi_all, w_all = [], [], []
     for name in spec.weights():
-        out_g, in_g = spec.axes[name][:2]
+        out_g, in_g = spec.weight_groups(name)
         w = _slot_matrix(spec, module, name, threshold)
         r, c = np.nonzero(w)
         a = index[(out_g, 0)] + r

@@ -24,11 +24,13 @@ def _knockout_plan(spec: PermutationSpec, module: nn.Module, group: str, slots: 
     for s in slots:
         if not 0 <= s < n:
             raise ValueError(f"slot {s} is out of range for group {group!r} ({n} neurons)")
-    outgoing = [(name, 1) for name in spec.weights() if spec.axes[name][1] == group]
+    outgoing = [(name, spec.weight_dims(name)[1]) for name in spec.weights()
+                if spec.weight_groups(name)[1] == group]
     if outgoing:
         return [(name, dim, slots) for name, dim in outgoing]
     # an output (interface) neuron: silence what flows in, bias included
-    incoming = [(name, 0) for name in spec.weights() if spec.axes[name][0] == group]
+    incoming = [(name, spec.weight_dims(name)[0]) for name in spec.weights()
+                if spec.weight_groups(name)[0] == group]
     biases = [(name, spec.axes[name].index(group)) for name, k in spec.charges.items()
               if k == "bias" and group in spec.axes[name]]
     if not incoming and not biases:

@@ -47,7 +47,7 @@ def input_output_paths(model, threshold: float = MODULE_THRESHOLD, input_group: 
     G = nx.DiGraph()
     G.add_nodes_from((g, s) for g, grp in spec.groups.items() for s in range(grp.size))
     for name in spec.weights():
-        out_g, in_g = spec.axes[name][:2]
+        out_g, in_g = spec.weight_groups(name)
         r, c = np.nonzero(_slot_matrix(spec, module, name, threshold))
         G.add_edges_from(((in_g, int(b)), (out_g, int(a))) for a, b in zip(r, c))
     n_in, n_out = spec.groups[input_group].size, spec.groups[output_group].size

@@ -21,7 +21,7 @@ from torch import nn
 
 from .geometry import pairwise_distance
 from .settings import REDUCTIONS, CostSettings
-from .spec import PermutationSpec, fold_sum, tensor
+from .spec import PermutationSpec, tensor
 
 __all__ = ["ConnectionCost", "CostSettings", "REDUCTIONS"]
 
@@ -49,6 +49,7 @@ class ConnectionCost:
         self.distance_free = set(settings.distance_free)
         self._slot_distance: dict[str, np.ndarray] = {}
         for name in spec.weights():
+            # in storage order (a transposed weight is (in, out)): the distance is symmetric
             out_g, in_g = (spec.groups[g] for g in spec.axes[name][:2])
             if name in self.distance_free:
                 d = np.full((out_g.size, in_g.size), self.y_star)
@@ -75,7 +76,12 @@ class ConnectionCost:
         hit = self._cache.get(key)
         if hit is None:
             d = self._slot_distance[name]
-            hit = torch.from_numpy(np.tile(d, (shape[0] // d.shape[0], shape[1] // d.shape[1])))
+            g0, g1 = self.spec.axes[name][:2]
+            if self.spec.groups[g0].fold_order == self.spec.groups[g1].fold_order == "outer":
+                d = np.tile(d, (shape[0] // d.shape[0], shape[1] // d.shape[1]))
+            else:  # some axis laid out head by head: each entry at its slot
+                d = d[np.ix_(self.spec.entry_slots(g0, shape[0]), self.spec.entry_slots(g1, shape[1]))]
+            hit = torch.from_numpy(d)
             hit = hit.reshape(hit.shape + (1,) * (len(shape) - 2))  # a kernel shares its length
             self._cache[key] = hit
         return hit
@@ -163,10 +169,11 @@ class ConnectionCost:
                 w = tensor(module, name).detach().abs().to("cpu", torch.float64)
                 w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel: one pair
                 w = w if dim == 0 else w.T
-                w = fold_sum(w, n, 0)  # neurons sharing a slot act as one
+                w = self.spec.slot_sum(w, group, 0)  # neurons sharing a slot act as one
                 d = self._distance64(tensor(module, name).shape, name)
                 d = d.reshape(d.shape[0], d.shape[1])
-                d = d[:n] if dim == 0 else d[:, :n].T
+                d = d if dim == 0 else d.T
+                d = d[self.spec.entry_table(group, d.shape[0])[:, 0]]  # fold 0 of each slot
                 scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0
                 C += (w @ d.T) * scale
         C = C.numpy()

@@ -47,11 +47,11 @@ def layers_of(spec: PermutationSpec) -> Layers | None:
     for name in weights:
         if len(spec.axes[name]) != 2:
             return None  # a convolution's kernel (4 axes): channels are not drawn as wires
-        out_g, in_g = spec.axes[name]
+        out_g, in_g = spec.weight_groups(name)
         if in_g in nxt or out_g == in_g:
             return None  # a group feeding two weights (a residual stream): not layered
         nxt[in_g] = (name, out_g)
-    outs = {spec.axes[n][0] for n in weights}
+    outs = {spec.weight_groups(n)[0] for n in weights}
     starts = [g for g in nxt if g not in outs]
     if len(starts) != 1:
         return None
@@ -69,12 +69,10 @@ def layers_of(spec: PermutationSpec) -> Layers | None:
 
 def _surviving(module, spec: PermutationSpec, name: str, threshold: float) -> np.ndarray:
     """Boolean ``(n_out_slots, n_in_slots)``: a drawn edge survives pruning (folds merged)."""
-    w = tensor(module, name).detach().abs().to("cpu", torch.float64).numpy()
-    out_g, in_g = (spec.groups[g] for g in spec.axes[name])
-    big = w >= threshold * w.max() if w.size and w.max() > 0 else np.zeros_like(w, dtype=bool)
-    # neuron f * n + s sits at slot s: fold both axes onto their slots
-    big = big.reshape(-1, out_g.size, big.shape[1]).any(0)
-    return big.reshape(big.shape[0], -1, in_g.size).any(1)
+    w = tensor(module, name).detach().abs().to("cpu", torch.float64)
+    big = w >= threshold * w.max() if w.numel() and w.max() > 0 else torch.zeros_like(w, dtype=torch.bool)
+    # fold both axes onto their slots: an edge survives if any of its entries does
+    return spec.to_slots(name, big.double()).numpy() > 0
 
 
 def slot_modules(module, spec: PermutationSpec, layers: Layers, threshold: float = THRESHOLD):

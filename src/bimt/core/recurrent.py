@@ -122,7 +122,7 @@ def recurrent_positions(cost, module, group: str, score: np.ndarray, top_k=None,
     cost, kept only if it lowers the true cost, then greedy rounds over every neuron until no
     swap helps (at most 100 rounds). Neither ever raises the cost.
     """
-    if cost.spec.groups[group].heads != 1:
+    if cost.spec.groups[group].heads != 1 or cost.spec.groups[group].rigid:
         raise ValueError(
             f"group {group!r} has recurrent weights and heads={cost.spec.groups[group].heads}; "
             "recurrent groups are swapped as one block (heads=1) only"

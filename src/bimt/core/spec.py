@@ -12,7 +12,15 @@ Conventions:
 * a group of ``n`` *slots* (positions); an axis of length ``fold * n`` holds ``fold`` neurons per
   slot, neuron ``f * n + s`` at slot ``s`` (the two concatenated token embeddings, Q/K/V);
 * ``heads > 1`` splits the slots into equal blocks: a neuron moves only within its block, and
-  whole blocks may trade places;
+  whole blocks may trade places; a ``rigid`` group's neurons never leave their place inside
+  their head, only whole heads move (rotary position embeddings tie a query/key dimension to
+  its place in the head);
+* ``fold_order="heads"`` lays an axis out head by head instead: head ``h``'s entries are
+  contiguous and hold its ``fold`` blocks of ``d`` neurons, neuron ``h * fold * d + f * d + i``
+  at slot ``h * d + i`` (grouped-query attention: the query heads that share one key/value head);
+* a weight named in ``PermutationSpec.transposed`` is stored ``(in, out)`` (Hugging Face's
+  ``Conv1D``); its axes are listed in storage order, and :meth:`PermutationSpec.weight_groups`
+  says which is which;
 * a ``frozen`` group never moves (image pixels, anything the user pins);
 * an interface group (network input or output) is indexed by an *order buffer* that the model
   applies in ``forward``; permuting it is bookkeeping, so the model's interface never changes.
@@ -26,11 +34,15 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Group", "PermutationSpec", "CHARGE_KINDS", "fold_index", "fold_sum", "tensor"]
+__all__ = ["Group", "PermutationSpec", "CHARGE_KINDS", "FOLD_ORDERS", "fold_index", "fold_sum",
+           "tensor"]
 
 #: How a tensor is charged by the connection cost: ``weight`` by ``|w| * length`` (both axes
 #: must belong to groups), ``bias`` and ``embedding`` by ``|x| * y_star``.
 CHARGE_KINDS = ("weight", "bias", "embedding")
+
+#: How an axis with ``fold`` neurons per slot is laid out (see the module docstring).
+FOLD_ORDERS = ("outer", "heads")
 
 
 @dataclass
@@ -42,6 +54,8 @@ class Group:
     heads: int = 1
     frozen: bool = False
     labels: list[str] | None = None
+    rigid: bool = False
+    fold_order: str = "outer"
 
     def __post_init__(self):
         self.coords = np.asarray(self.coords, dtype=np.float64)
@@ -59,6 +73,12 @@ class Group:
                 f"group {self.name!r}: heads={self.heads!r} must be a positive integer that "
                 f"divides its {self.size} neurons"
             )
+        if self.fold_order not in FOLD_ORDERS:
+            raise ValueError(
+                f"group {self.name!r}: unknown fold_order {self.fold_order!r}; allowed: "
+                f"{', '.join(FOLD_ORDERS)}"
+            )
+        self.rigid = bool(self.rigid)
         if self.labels is not None and len(self.labels) != self.size:
             raise ValueError(
                 f"group {self.name!r}: {len(self.labels)} labels for {self.size} neurons"
@@ -84,18 +104,30 @@ class PermutationSpec:
     entries all span the same pair of channels. ``free``
     names the module's parameters and buffers that no group indexes on purpose (a shared
     PReLU slope, a step counter); :meth:`check` refuses any other tensor the table forgets.
+    ``transposed`` names charged weights stored ``(in, out)`` (``x @ w``, Hugging Face's
+    ``Conv1D``): their axes stay in storage order, and everything that needs to know which
+    axis is the output asks :meth:`weight_dims` / :meth:`weight_groups`.
     """
 
     groups: dict[str, Group]
     axes: dict[str, tuple[str | None, ...]]
     charges: dict[str, str] = field(default_factory=dict)
     free: tuple[str, ...] = ()
+    transposed: tuple[str, ...] = ()
 
     def __post_init__(self):
         if isinstance(self.groups, (list, tuple)):
             self.groups = {g.name: g for g in self.groups}
         self.axes = {k: tuple(v) for k, v in self.axes.items()}
         self.free = (self.free,) if isinstance(self.free, str) else tuple(self.free)
+        self.transposed = ((self.transposed,) if isinstance(self.transposed, str)
+                           else tuple(self.transposed))
+        for name in self.transposed:
+            if self.charges.get(name) != "weight" or len(self.axes[name]) != 2:
+                raise ValueError(
+                    f"{name!r} is declared transposed, but only a charged weight with two axes "
+                    "(in, out) can be"
+                )
         both = sorted(set(self.free) & set(self.axes))
         if both:
             raise ValueError(f"{both} are declared free but also listed in the axes table")
@@ -128,6 +160,26 @@ class PermutationSpec:
     def weights(self) -> list[str]:
         return [n for n, k in self.charges.items() if k == "weight"]
 
+    def weight_dims(self, name: str) -> tuple[int, int]:
+        """``(output axis, input axis)`` of weight ``name``: ``(0, 1)``, or ``(1, 0)`` if it is
+        stored transposed."""
+        return (1, 0) if name in self.transposed else (0, 1)
+
+    def weight_groups(self, name: str) -> tuple[str, str]:
+        """``(output group, input group)`` of weight ``name``, whatever its storage order."""
+        out_dim, in_dim = self.weight_dims(name)
+        return self.axes[name][out_dim], self.axes[name][in_dim]
+
+    def oriented(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (weight ``name`` or any tensor of its shape) with its output axis first."""
+        return w.transpose(0, 1) if name in self.transposed else w
+
+    def to_slots(self, name: str, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (weight ``name`` or any tensor of its shape, e.g. ``|w|``) as
+        ``(out slots, in slots, *kernel)``: folds summed onto their slots, output axis first."""
+        g0, g1 = self.axes[name][:2]
+        return self.oriented(name, self.slot_sum(self.slot_sum(w, g0, 0), g1, 1))
+
     def movable_groups(self) -> list[str]:
         return [n for n, g in self.groups.items() if not g.frozen]
 
@@ -144,7 +196,7 @@ class PermutationSpec:
                 if g != group:
                     continue
                 w = tensor(module, name).detach().abs().to("cpu", torch.float64).movedim(dim, 0)
-                score += fold_sum(w, n, 0).reshape(n, -1).sum(1)
+                score += self.slot_sum(w, group, 0).reshape(n, -1).sum(1)
         return score.numpy()
 
     def interface(self) -> dict[str, str]:
@@ -156,8 +208,8 @@ class PermutationSpec:
         an order buffer for it (what BioMLP, BioTransformer and ``attach`` do).
         """
         weights = self.weights()
-        reads = {self.axes[n][1] for n in weights}
-        writes = {self.axes[n][0] for n in weights}
+        reads = {self.weight_groups(n)[1] for n in weights}
+        writes = {self.weight_groups(n)[0] for n in weights}
         embedded = {g for n, k in self.charges.items() if k == "embedding" for g in self.axes[n]}
         out = {}
         for g in self.groups:
@@ -168,9 +220,50 @@ class PermutationSpec:
         return out
 
     def slot_index(self, group: str, slots, length: int) -> torch.Tensor:
-        """Indices along an axis of ``length`` (``fold`` neurons per slot) of ``group``'s slots."""
+        """Indices along an axis of ``length`` (``fold`` neurons per slot) of ``group``'s slots.
+
+        With a permutation of all slots this is the index that applies it to the axis; with
+        some slots, their entries (fold by fold)."""
         slots = torch.as_tensor(slots, dtype=torch.long)
-        return fold_index(slots, self.groups[group].size, length)
+        g = self.groups[group]
+        if g.fold_order == "outer":
+            return fold_index(slots, g.size, length)
+        table = torch.as_tensor(self.entry_table(group, length), device=slots.device)
+        if slots.numel() != g.size:  # some slots: their entries
+            return table[slots].reshape(-1)
+        index = torch.empty(length, dtype=torch.long, device=slots.device)
+        index[table.reshape(-1)] = table[slots].reshape(-1)
+        return index
+
+    def slot_sum(self, w: torch.Tensor, group: str, dim: int) -> torch.Tensor:
+        """``w`` with axis ``dim`` (indexed by ``group``) summed over its folds: one entry per slot."""
+        g = self.groups[group]
+        if g.fold_order == "outer" or w.shape[dim] == g.size:
+            return fold_sum(w, g.size, dim)
+        w = w.movedim(dim, 0)
+        d = g.head_size
+        w = w.reshape(g.heads, -1, d, *w.shape[1:]).sum(1).reshape(g.size, *w.shape[1:])
+        return w.movedim(0, dim)
+
+    def entry_table(self, group: str, length: int) -> np.ndarray:
+        """``E[s, f]``: the entry of fold ``f`` at slot ``s`` on an axis of ``length`` indexed by
+        ``group`` (``length = fold * size``)."""
+        g = self.groups[group]
+        n, fold = g.size, length // g.size
+        s, f = np.arange(n)[:, None], np.arange(fold)[None, :]
+        if g.fold_order == "outer":
+            return f * n + s
+        d = g.head_size
+        return (s // d) * fold * d + f * d + s % d
+
+    def entry_slots(self, group: str, length: int) -> np.ndarray:
+        """The slot of every entry of an axis of ``length`` indexed by ``group``."""
+        g = self.groups[group]
+        e = np.arange(length)
+        if g.fold_order == "outer":
+            return e % g.size
+        fold, d = length // g.size, g.head_size
+        return (e // (fold * d)) * d + e % d
 
     def check(self, module: nn.Module) -> None:
         """Refuse, naming the tensor, a spec that does not fit ``module``: a tensor of the wrong

@@ -4,7 +4,8 @@ from .conv import BioCNN
 from .mlp import ACTIVATIONS, BioMLP
 from .rnn import BioRNN
 from .transformer import BioTransformer
+from .families import register_spec_builder
 from .wiring import Wiring, attach, sequential_spec, wiring_of
 
 __all__ = ["BioCNN", "BioMLP", "BioRNN", "BioTransformer", "Wiring", "attach", "wiring_of", "sequential_spec",
-           "ACTIVATIONS"]
+           "ACTIVATIONS", "register_spec_builder"]

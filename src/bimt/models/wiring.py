@@ -23,6 +23,7 @@ from ..core.cost import ConnectionCost, CostSettings
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec, tensor
 from ..core.swap import DEFAULT_MODE, SwapReport, apply_permutation, swap_pass
+from .families import derive_spec
 
 __all__ = ["Wiring", "attach", "wiring_of", "has_wiring", "sequential_spec", "default_view", "ELEMENTWISE", "VIEWS"]
 
@@ -224,7 +225,7 @@ def default_view(spec: PermutationSpec) -> str:
     feeds: dict[str, int] = {}
     fed: dict[str, int] = {}
     for n in weights:
-        out_g, in_g = spec.axes[n][:2]
+        out_g, in_g = spec.weight_groups(n)
         feeds[in_g] = feeds.get(in_g, 0) + 1
         fed[out_g] = fed.get(out_g, 0) + 1
     chain = bool(weights) and all(v == 1 for v in feeds.values()) and all(v == 1 for v in fed.values()) \
@@ -371,8 +372,11 @@ def attach(
 ) -> Wiring:
     """Give ``module`` a geometry: returns the :class:`Wiring`, also kept as ``module.bimt``.
 
-    ``spec=None`` derives it for an ``nn.Sequential`` of ``nn.Linear`` and elementwise layers
-    (``layout``, ``freeze_inputs`` and ``freeze_outputs`` shape it); the module keeps its class
+    ``spec=None`` derives it: for a module of a registered family (GPT-2, Llama, torchvision
+    ResNet, or any class given :func:`bimt.models.families.register_spec_builder`) from its
+    builder, with ``layout`` (one kind, or ``{group: kind}``); for an ``nn.Sequential`` of
+    ``nn.Linear`` and elementwise layers
+    (``layout``, ``freeze_inputs`` and ``freeze_outputs`` shape it); the Sequential keeps its class
     and its forward and gains two buffers (``bimt_input_order``, ``bimt_output_order``) and two
     hooks that apply them, so its inputs and outputs keep their order while input and output
     neurons move (attaching twice reuses them). Any other module brings its own
@@ -381,12 +385,12 @@ def attach(
     ``reduction``, ``distance_free``), applied on top of ``settings``.
     """
     labels = dict(view=view, input_labels=input_labels, output_labels=output_labels)
-    if spec is None:
-        if not isinstance(module, nn.Sequential):
-            raise TypeError(
-                f"bimt derives specs for nn.Sequential only, got {type(module).__name__}; "
-                "write a PermutationSpec for it and call bimt.attach(module, spec)"
-            )
+    if spec is None and not isinstance(module, nn.Sequential):  # a registered family's builder
+        derived = derive_spec(module, layout)
+        spec = derived.spec
+        labels = dict(view=view or derived.view, input_labels=input_labels or derived.input_labels,
+                      output_labels=output_labels or derived.output_labels, probes=derived.probes)
+    elif spec is None:
         spec = sequential_spec(module, layout, freeze_inputs, freeze_outputs)
     ConnectionCost(spec, settings, **cost_settings)  # refuse bad settings before the module is touched
     hooks = ()

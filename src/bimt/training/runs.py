@@ -164,19 +164,30 @@ def wiring_record(wiring: Wiring) -> dict:
 
 # -- specs as plain data ---------------------------------------------------------------------
 def spec_to_dict(spec: PermutationSpec) -> dict:
-    return {
-        "groups": [{"name": g.name, "coords": g.coords.tolist(), "heads": g.heads,
-                    "frozen": g.frozen, "labels": g.labels} for g in spec.groups.values()],
+    def group(g):
+        out = {"name": g.name, "coords": g.coords.tolist(), "heads": g.heads,
+               "frozen": g.frozen, "labels": g.labels}
+        if g.rigid or g.fold_order != "outer":  # written only when set: older files stay as they were
+            out.update(rigid=g.rigid, fold_order=g.fold_order)
+        return out
+
+    out = {
+        "groups": [group(g) for g in spec.groups.values()],
         "axes": {n: list(a) for n, a in spec.axes.items()},
         "charges": dict(spec.charges),
         "free": list(spec.free),
     }
+    if spec.transposed:
+        out["transposed"] = list(spec.transposed)
+    return out
 
 
 def spec_from_dict(d: dict) -> PermutationSpec:
     groups = [Group(g["name"], np.asarray(g["coords"], dtype=np.float64), heads=g["heads"],
-                    frozen=g["frozen"], labels=g["labels"]) for g in d["groups"]]
-    return PermutationSpec(groups, d["axes"], d["charges"], free=tuple(d.get("free", ())))
+                    frozen=g["frozen"], labels=g["labels"], rigid=g.get("rigid", False),
+                    fold_order=g.get("fold_order", "outer")) for g in d["groups"]]
+    return PermutationSpec(groups, d["axes"], d["charges"], free=tuple(d.get("free", ())),
+                           transposed=tuple(d.get("transposed", ())))
 
 
 class WeightsOnly(nn.Module):

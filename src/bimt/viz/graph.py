@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..models.wiring import has_wiring, wiring_of
-from ..core.spec import fold_sum, tensor
+from ..core.spec import tensor
 from ._io import Figure
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, weight_collection,
@@ -87,7 +87,7 @@ def layered_view(model) -> LayeredView:
         raise ValueError("the model's spec charges no weight matrix, so there is no graph to draw")
     nxt = {}
     for name in weights:
-        out_g, in_g = spec.axes[name]
+        out_g, in_g = spec.weight_groups(name)
         if in_g in nxt:
             raise ValueError(
                 f"group {in_g!r} feeds more than one weight ({nxt[in_g][0]!r}, {name!r}): "
@@ -95,7 +95,7 @@ def layered_view(model) -> LayeredView:
                 "bimt.viz.transformer)"
             )
         nxt[in_g] = (name, out_g)
-    outs = {spec.axes[n][0] for n in weights}
+    outs = {spec.weight_groups(n)[0] for n in weights}
     starts = [g for g in nxt if g not in outs]
     if len(starts) != 1:
         raise ValueError("the model's weights do not form one chain of layers; cannot draw it")
@@ -104,7 +104,7 @@ def layered_view(model) -> LayeredView:
         name, out_g = nxt[names[-1]]
         if out_g in names:
             raise ValueError("the model's weights form a cycle; cannot draw it")
-        mats.append(_numpy(tensor(module, name)))
+        mats.append(_numpy(spec.oriented(name, tensor(module, name))))
         names.append(out_g)
     if len(mats) != len(weights):
         raise ValueError("the model's weights do not form one chain of layers; cannot draw it")
@@ -158,7 +158,7 @@ def _depths(spec) -> dict[str, int]:
     """Each group's depth: the longest chain of weights leading to it (groups no weight
     touches sit at depth 0)."""
     depth = {g: 0 for g in spec.groups}
-    edges = [spec.axes[n] for n in spec.weights()]
+    edges = [spec.weight_groups(n) for n in spec.weights()]
     for _ in range(len(spec.groups)):
         changed = False
         for out_g, in_g in edges:
@@ -197,9 +197,8 @@ def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: 
     fig = _figure(ax, figsize, dpi)
     ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
     for i, name in enumerate(spec.weights()):
-        out_g, in_g = spec.axes[name]
-        n_out, n_in = spec.groups[out_g].size, spec.groups[in_g].size
-        W = _numpy(fold_sum(fold_sum(tensor(module, name).detach(), n_out, 0), n_in, 1))
+        out_g, in_g = spec.weight_groups(name)
+        W = _numpy(spec.to_slots(name, tensor(module, name).detach()))
         o, k = np.divmod(np.arange(W.size), W.shape[1])
         seg = np.stack([np.stack([x[in_g][k], np.full(len(k), y[in_g])], 1),
                         np.stack([x[out_g][o], np.full(len(o), y[out_g])], 1)], 1)
@@ -605,20 +604,20 @@ def channel_view(model) -> LayeredView:
     summed); its charged weights must form one chain of groups."""
     wiring = wiring_of(model)
     module, spec = wiring.module, wiring.spec
-    nxt = {spec.axes[n][1]: n for n in spec.weights()}
-    outs = {spec.axes[n][0] for n in spec.weights()}
+    nxt = {spec.weight_groups(n)[1]: n for n in spec.weights()}
+    outs = {spec.weight_groups(n)[0] for n in spec.weights()}
     starts = [g for g in nxt if g not in outs]
     if len(starts) != 1 or len(nxt) != len(spec.weights()):
         raise ValueError("the channels view draws a chain of layers; this spec's weights are not one")
     names, mats = [starts[0]], []
     while names[-1] in nxt:
         name = nxt[names[-1]]
-        out_g, in_g = spec.axes[name][:2]
+        out_g, in_g = spec.weight_groups(name)
         if out_g in names:
             raise ValueError("the model's weights form a cycle; the channels view cannot draw it")
         W = tensor(module, name).detach().to("cpu", torch.float64)
         W = W.reshape(W.shape[0], W.shape[1], -1).sum(2)  # over the kernel
-        W = fold_sum(fold_sum(W, spec.groups[out_g].size, 0), spec.groups[in_g].size, 1)
+        W = spec.to_slots(name, W)
         mats.append(W.numpy())
         names.append(out_g)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models.wiring import wiring_of
-from ..core.spec import fold_sum, tensor
+from ..core.spec import tensor
 from ._io import Figure
 from .style import MAX_LINEWIDTH, NEGATIVE_COLOR, POSITIVE_COLOR, keep_mask, weight_collection
 
@@ -68,9 +68,8 @@ def _loops(p: np.ndarray, radius: float = 0.035, points: int = 16) -> np.ndarray
 
 def _slot_weights(module, spec, name: str) -> np.ndarray:
     """Weight ``name`` summed over folds (a GRU's gates), signs kept: ``(out slots, in slots)``."""
-    out_g, in_g = spec.axes[name][:2]
     w = tensor(module, name).detach().to("cpu").double()
-    return fold_sum(fold_sum(w, spec.groups[out_g].size, 0), spec.groups[in_g].size, 1).numpy()
+    return spec.to_slots(name, w).numpy()
 
 
 def plot_rnn(model, ax=None, title: str | None = None, *, min_fraction: float = 0.0,
@@ -96,7 +95,7 @@ def plot_rnn(model, ax=None, title: str | None = None, *, min_fraction: float = 
     ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
 
     for name in spec.weights():
-        out_g, in_g = spec.axes[name][:2]
+        out_g, in_g = spec.weight_groups(name)
         W = _slot_weights(module, spec, name)
         keep = keep_mask(W, min_fraction)
         o, i = np.divmod(np.flatnonzero(keep), W.shape[1])

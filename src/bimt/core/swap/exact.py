@@ -25,13 +25,24 @@ def solve(state: PassState) -> None:
         # a hair's preference for staying put, so neurons whose placements cost the same
         # (dead ones, say) are not shuffled for nothing
         C -= REL_TOL * max(float(np.abs(C).max()), 1.0) * np.eye(len(C))
-        pos = exact_positions(C, state.spec.groups[g].heads)
+        pos = exact_positions(C, state.spec.groups[g].heads, state.spec.groups[g].rigid)
         state.commit(g, pos, int((pos != np.arange(len(pos))).sum()))
 
 
-def exact_positions(C: np.ndarray, heads: int) -> np.ndarray:
-    """Best placement of one group by linear assignment (heads: nested assignment)."""
+def exact_positions(C: np.ndarray, heads: int, rigid: bool = False) -> np.ndarray:
+    """Best placement of one group by linear assignment (heads: nested assignment; a ``rigid``
+    group: whole heads only, each neuron keeping its place inside its head)."""
     n = C.shape[0]
+    if rigid:
+        d = n // heads
+        inner = np.arange(d)
+        block_cost = np.array([[C[a * d + inner, b * d + inner].sum() for b in range(heads)]
+                               for a in range(heads)])
+        ra, rb = linear_sum_assignment(block_cost)
+        pos = np.empty(n, dtype=int)
+        for a, b in zip(ra, rb):
+            pos[a * d + inner] = b * d + inner
+        return pos
     if heads == 1:
         rows, cols = linear_sum_assignment(C)
         pos = np.empty(n, dtype=int)

@@ -19,18 +19,21 @@ def solve(state: PassState) -> None:
             pos, swaps = recurrent_positions(state.cost, state.tensors, g, score, state.top_k)
         else:
             C = state.cost.placement_matrix(state.tensors, g)
-            pos, swaps = greedy_positions(C, score, state.top_k, state.spec.groups[g].heads)
+            group = state.spec.groups[g]
+            pos, swaps = greedy_positions(C, score, state.top_k, group.heads, group.rigid)
         state.commit(g, pos, swaps)
 
 
-def greedy_positions(C: np.ndarray, score: np.ndarray, top_k, heads: int):
-    """The paper's greedy moves on one group; returns (neuron -> slot, number of swaps)."""
+def greedy_positions(C: np.ndarray, score: np.ndarray, top_k, heads: int, rigid: bool = False):
+    """The paper's greedy moves on one group; returns (neuron -> slot, number of swaps).
+
+    A ``rigid`` group makes no move inside a head: only whole heads trade places."""
     n = C.shape[0]
     pos = np.arange(n)
     here = C[np.arange(n), pos].copy()  # what each neuron costs where it is now
     tol = REL_TOL * max(float(np.abs(C).max()), 1.0)
     head_size = n // heads
-    k = n if top_k is None else min(int(top_k), n)
+    k = 0 if rigid else n if top_k is None else min(int(top_k), n)
     order = np.argsort(-score, kind="stable")[:k]
     swaps = 0
     for j in order:

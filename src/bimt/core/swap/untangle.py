@@ -58,7 +58,7 @@ def solve(state: PassState, threshold: float = THRESHOLD) -> None:
                 C = cost.placement_matrix(T, g)
                 tol = REL_TOL * max(float(np.abs(C).max()), 1.0)
                 here = float(np.trace(C))
-                pos = exact_positions(C - tol * np.eye(len(C)), spec.groups[g].heads)
+                pos = exact_positions(C - tol * np.eye(len(C)), spec.groups[g].heads, spec.groups[g].rigid)
                 if project is not None:
                     pos = project(g, perms, C, pos)
                 if C[np.arange(len(pos)), pos].sum() < here - tol * len(C):
