@@ -41,7 +41,7 @@ def main():
     for method in ("vanilla", "bimt"):
         model = bimt.load_model(Path(args.runs) / f"{method}-s0")[0]
         m = rows[method, 0]
-        fig = model.plot(title=f"cnn-mnist, {method}, seed 0: acc {m['test_acc']:.3f}, "
+        fig = bimt.viz.plot(model, title=f"cnn-mnist, {method}, seed 0: acc {m['test_acc']:.3f}, "
                                f"Q = {m['modularity']:.3f}")
         bimt.viz.save_figure(fig, out / f"cnn-mnist-{method}.png", dpi=70)
 

@@ -91,7 +91,7 @@ def main():
     for k, method in enumerate(methods):
         model, _ = bimt.load_model(Path(args.runs) / f"{method}-s0")
         r = next(r for r in rows if r["method"] == method and r["seed"] == 0)
-        model.plot(ax=fig.add_subplot(1, len(methods), k + 1),
+        bimt.viz.plot(model, ax=fig.add_subplot(1, len(methods), k + 1),
                    title=f"{method}, seed 0\nQ = {r['modularity']:.2f}")
     fig.tight_layout()
     bimt.viz.save_figure(fig, out / "two-stream-seed0.png", dpi=90)

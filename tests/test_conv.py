@@ -135,7 +135,7 @@ def test_cnn_analysis_and_picture():
     rows = bimt.analysis.knockout_table(model, {"c": {"conv1": [0]}},
                                         lambda m: float(m(x).pow(2).mean()))
     assert rows[1]["metric"] != rows[0]["metric"]
-    fig = model.plot()
+    fig = bimt.viz.plot(model)
     gids = {a.get_gid() for a in fig.axes[0].get_children()}
     assert {"weights-0", "weights-3", "neurons-conv1", "output-label"} <= gids
 

@@ -6,7 +6,7 @@ import torch
 
 import bimt
 from bimt import BioMLP
-from bimt.core.crossings import crossings
+from bimt.analysis import crossings
 
 
 def _mlp(*weights, widths):

@@ -230,8 +230,9 @@ def test_a_transposed_weight_is_read_as_out_by_in_everywhere():
         for g in a.permutations:
             assert (a.permutations[g] == b.permutations[g]).all()
         assert (plain(x) - stored(x)).abs().max() <= 1e-6
-    np.testing.assert_allclose(bimt.viz.graph.layered_view(stored).weights[0],
-                               bimt.viz.graph.layered_view(plain).weights[0])
+    from bimt.models.drawing import drawing_of
+
+    np.testing.assert_allclose(drawing_of(stored.bimt).edges[0].W, drawing_of(plain.bimt).edges[0].W)
 
 
 def test_only_a_charged_two_axis_weight_may_be_declared_transposed():

@@ -337,7 +337,7 @@ def test_wiring_step_adds_the_cost_gradient_and_swaps_with_the_optimizer():
 
 
 def test_figures_show_inline_as_png():
-    fig = bimt.BioMLP([2, 3, 1]).plot()
+    fig = bimt.viz.plot(bimt.BioMLP([2, 3, 1]))
     assert fig._repr_png_()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -54,15 +54,15 @@ def test_weights_round_trip_through_quantisation(animated_run):
     import numpy as np
 
     from bimt.training.runs import load_model
-    from bimt.viz.graph import layered_view
+    from bimt.models.drawing import drawing_of
 
     rep = report(animated_run)
     data = rep.data
     blob = base64.b64decode(data["blob"])
     final = data["frames"][-1]
     off = sum(n * (ib + 1) for f in data["frames"][:-1] for n, _, ib in f["blocks"])
-    view = layered_view(load_model(animated_run)[0])
-    for (n, scale, ib), W in zip(final["blocks"], view.weights):
+    drawing = drawing_of(load_model(animated_run)[0].bimt)
+    for (n, scale, ib), W in zip(final["blocks"], [e.W for e in drawing.edges]):
         idx = np.frombuffer(blob[off:off + ib * n], "<u2" if ib == 2 else "<u4")
         off += ib * n
         q = np.frombuffer(blob[off:off + n], np.int8)
@@ -185,7 +185,7 @@ def test_report_of_models_in_memory():
     torch.manual_seed(0)
     t = bimt.BioTransformer(2, 2, d_model=8, n_blocks=2)
     data = viz.report(t).data
-    assert data["kind"] == "transformer" and len(data["frames"]) == 1
+    assert data["kind"] == "2d" and len(data["frames"]) == 1 and len(data["streams"]) == 4
     assert [r["name"] for r in data["rows"]] == [
         "input", "Embed", "Atn0", "Res1", "MLP0", "Res2", "Atn1", "Res3", "MLP1", "Res4", "output"]
     assert data["rows"][2]["fold"] == 3  # Q, K and V share their slots
@@ -243,7 +243,7 @@ def hostile_runs(tmp_path_factory, trap):
 
     import bimt
     from bimt import Group, PermutationSpec
-    from bimt.runs import load_checkpoint
+    from bimt.training.runs import load_checkpoint
     from bimt.tasks import TASKS
 
     strings = trap["strings"]
@@ -266,8 +266,8 @@ def hostile_runs(tmp_path_factory, trap):
             return getattr(self, second)(torch.tanh(getattr(self, first)(x)))
 
     g_in, g_hid, g_out = "in" + every, "hidden" + every, "out" + every
-    groups = [Group(g_in, bimt.geometry.line(n_in), frozen=True), Group(g_hid, bimt.geometry.line(6)),
-              Group(g_out, bimt.geometry.line(n_out), frozen=True)]
+    groups = [Group(g_in, bimt.core.geometry.line(n_in), frozen=True), Group(g_hid, bimt.core.geometry.line(6)),
+              Group(g_out, bimt.core.geometry.line(n_out), frozen=True)]
     axes = {f"{first}.weight": (g_hid, g_in), f"{first}.bias": (g_hid,),
             f"{second}.weight": (g_out, g_hid), f"{second}.bias": (g_out,)}
     charges = {k: k.rsplit(".", 1)[1] for k in axes}
@@ -312,7 +312,8 @@ def hostile_runs(tmp_path_factory, trap):
                 w.writerows(history)
         else:
             state["history"] = history
-            state["config"]["task"] = edited.name
+            state["config"]["task"] = edited.name  # and config.json too, as an editor would
+            (run / "config.json").write_text(json.dumps(state["config"]))
         torch.save(state, run / "checkpoint.pt")
         expected.append((run, dict(title=f"{run.name}: {name} [bimt, seed 0]", metrics=metrics,
                                    groups=[g_in, g_hid, g_out] if run is run_a else None,

@@ -307,12 +307,15 @@ def test_plot_rnn(layout):
     model = _build(dict(d_in=2, hidden=16, d_out=3, layout=layout), 0)
     with torch.no_grad():
         model.recurrent.weight.fill_diagonal_(0.5)
-    fig = model.plot(title="x")
+    fig = bimt.viz.plot(model, title="x")
+    drawing = bimt.models.drawing.drawing_of(model.bimt)
+    recurrent = next(i for i, e in enumerate(drawing.edges) if e.out == e.inp)
     gids = {a.get_gid() for a in fig.axes[0].get_children()}
-    assert {"weights-recurrent", "self-loops", "weights-input", "weights-readout",
-            "neurons-hidden", "input-label", "output-label"} <= gids
-    rec = [c for c in fig.axes[0].collections if c.get_gid() == "weights-recurrent"][0]
-    assert len(rec.get_paths()) == 16 * 15  # every off-diagonal weight, as a curve
+    assert {f"weights-{recurrent}", "neurons-hidden", "input-label", "output-label"} <= gids
+    rec = [c for c in fig.axes[0].collections if c.get_gid() == f"weights-{recurrent}"][0]
+    assert len(rec.get_paths()) == 16 * 16  # every weight, as a curve (self-connections: loops)
+    hidden = drawing.rows[drawing.row("hidden")]
+    assert hidden.spatial == (layout != "line")
 
 
 def test_bench_times_the_rnn_and_cnn_swap():

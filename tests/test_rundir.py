@@ -4,6 +4,7 @@ behind by a run that fails before it wrote anything."""
 
 import fcntl
 import json
+import re
 import os
 
 import pytest
@@ -122,10 +123,18 @@ def test_analyze_and_view_every_kind_of_run(tmp_path, capsys, task):
     capsys.readouterr()
 
 
-def test_view_of_a_recurrent_run_says_why_not(tmp_path, capsys):
+def test_view_of_a_recurrent_run_draws_it(tmp_path, capsys):
+    """Every view has a drawing, so bimt view draws recurrent runs too (hidden units at their
+    grid positions, recurrent weights inside their row)."""
     run = tmp_path / "rnn"
     assert main(["train", "two-stream", "--steps", "3", "--out", str(run), "--quiet"]) == 0
     capsys.readouterr()
-    assert main(["view", str(run)]) == 2
-    err = capsys.readouterr().err
-    assert "recurrent" in err and len(err.strip().splitlines()) == 1
+    assert main(["view", str(run)]) == 0
+    data = json.loads(_data_block((run / "report.html").read_text()))
+    hidden = next(r for r in data["rows"] if r["group"] == "hidden")
+    assert hidden["dz"] is not None  # drawn at its grid positions
+    assert any(b["out"] == b["in"] for b in data["blocks"])  # the recurrent weight
+
+
+def _data_block(page: str) -> str:
+    return re.search(r'<script type="application/json" id="bimt-data">(.*?)</script>', page, re.S).group(1)

@@ -1,19 +1,29 @@
-"""The shape of the package: no import cycles, no model-type sniffing outside ``bimt/models``,
-every figure built without pyplot."""
+"""The shape of the package: layers that import only downward, no import cycles, no model-type
+sniffing or view-name switches outside ``bimt/models``, every default stated once, every figure
+built without pyplot."""
 
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import bimt
 
 ROOT = Path(bimt.__file__).parent
 
-#: Conveniences of the handle that reach *up* the layers, on first use only: ``Wiring.plot``
-#: draws with :mod:`bimt.viz`, ``wiring_of(run_dir)`` loads with :mod:`bimt.training.runs`. Both layers
-#: build on ``models``; these two calls are the only way back, and never at import time.
-UPWARD = {("bimt.models.wiring", "bimt.viz"), ("bimt.models.wiring", "bimt.training.runs")}
+#: The layers, bottom to top: a module imports only from its own layer or lower ones (the root
+#: package ``bimt`` is the facade above all, importing lazily). Within a layer, no circle.
+LAYERS = ["bimt.core", "bimt.models", "bimt.analysis", "bimt.viz", "bimt.tasks", "bimt.training",
+          "bimt.experiments", "bimt.integrations", "bimt.cli", "bimt.__main__"]
+
+
+def _layer(module: str) -> int:
+    for i, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return i
+    raise AssertionError(f"{module} is in no layer of the structure test; add it to LAYERS")
 
 
 def _modules() -> dict[str, Path]:
@@ -62,7 +72,7 @@ def _graph(include_lazy: bool):
     for name, path in modules.items():
         eager, lazy = _imports(name, path, modules)
         edges = eager | (lazy if include_lazy else set())
-        graph[name] = {t for t in edges if (name, t) not in UPWARD}
+        graph[name] = set(edges)
     return graph
 
 
@@ -106,10 +116,106 @@ def test_the_walker_sees_a_cycle():  # so the two tests above can fail
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-def test_train_and_analysis_do_not_import_each_other():
-    graph = _graph(include_lazy=True)
-    analysis = [m for m in graph if m.startswith("bimt.analysis")]
-    assert not any(t.startswith(("bimt.training.loop", "bimt.training.runs")) for m in analysis for t in graph[m])
+def test_imports_only_go_down_the_layers():
+    """Every import, at import time or inside a function, goes to the same layer or a lower one."""
+    upward = [(m, t) for m, targets in _graph(include_lazy=True).items() if m != "bimt"
+              for t in targets if t != "bimt" and _layer(t) > _layer(m)]
+    assert upward == [], upward
+
+
+def test_the_layer_check_sees_an_upward_import():  # so the test above can fail
+    assert _layer("bimt.core.spec") < _layer("bimt.viz.graph") < _layer("bimt.training.loop")
+    with pytest.raises(AssertionError, match="no layer"):
+        _layer("bimt.somewhere")
+
+
+def _model_classes() -> set[str]:
+    """Names of the classes defined under ``bimt/models``."""
+    names = set()
+    for path in (ROOT / "models").rglob("*.py"):
+        names |= {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.ClassDef)}
+    return names
+
+
+def _outside_models():
+    for path in ROOT.rglob("*.py"):
+        if "models" not in path.relative_to(ROOT).parts:
+            yield path, ast.parse(path.read_text())
+
+
+def test_no_isinstance_on_model_classes_outside_models():
+    """Everything above ``models`` asks the wiring (its spec, its view), never the class."""
+    classes = _model_classes()
+    assert {"BioMLP", "BioTransformer", "StackedMLP"} <= classes
+    found = []
+    for path, tree in _outside_models():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                kinds = node.args[1]
+                names = {getattr(e, "id", getattr(e, "attr", None))
+                         for e in (kinds.elts if isinstance(kinds, ast.Tuple) else [kinds])}
+                if names & classes:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
+def test_no_switch_on_view_names_outside_models():
+    """A view is drawn through its registered function, never by comparing its name."""
+    from bimt.models.drawing import VIEWS
+
+    found = []
+    for path, tree in _outside_models():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                consts = [c.value for c in [node.left, *node.comparators] if isinstance(c, ast.Constant)]
+                attrs = [c for c in [node.left, *node.comparators] if isinstance(c, ast.Attribute)
+                         and c.attr == "view"]
+                if attrs or set(consts) & set(VIEWS):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+            if isinstance(node, ast.Dict) and {getattr(k, "value", None) for k in node.keys} & set(VIEWS):
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
+
+
+#: Parameters that share a setting's name with another meaning (``bias``: a layer with biases;
+#: ``seed`` and ``steps`` of a benchmark's own loop).
+NOT_SETTINGS = {"bias", "seed", "steps"}
+
+
+def test_every_default_is_stated_once():
+    """No function restates a setting's default as a literal: defaults come from their
+    declarations (``bimt.training.config``, ``bimt.core.settings``)."""
+    from bimt.core.settings import COST_FIELDS
+    from bimt.training.config import SETTINGS, default_of
+
+    names = ({s.name for s in SETTINGS if default_of(s.name) is not None} | set(COST_FIELDS)
+             | {"mode"}) - NOT_SETTINGS
+    found = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            args = node.args.args + node.args.kwonlyargs
+            defaults = ([None] * (len(node.args.args) - len(node.args.defaults)) + node.args.defaults
+                        + node.args.kw_defaults)
+            for a, d in zip(args, defaults):
+                if a.arg in names and isinstance(d, ast.Constant) and d.value is not None:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}({a.arg}={d.value!r})")
+    assert found == []
+
+
+def test_each_declared_default_appears_once_in_the_declarations():
+    """The settings' global defaults are read from the declarations: the CLI, validation and
+    stacks use them (no second table of defaults exists)."""
+    import bimt.training.config as config
+
+    assert not hasattr(config, "GLOBAL_DEFAULTS")
+    from bimt.core.settings import CostSettings
+
+    for name in ("A", "y_star", "p", "reduction"):
+        assert config.default_of(name) == getattr(CostSettings(), name)
+    assert config.MEMBER_FIELDS == {s.name for s in config.SETTINGS if s.stack}
+    assert {"swap_A", "distance_free"} <= config.MEMBER_FIELDS
 
 
 def test_no_model_type_sniffing_outside_models():
@@ -126,16 +232,16 @@ import sys, torch, numpy as np
 from torch import nn
 import bimt, bimt.viz as viz, bimt.analysis as A
 torch.manual_seed(0)
-m = bimt.BioMLP([2, 6, 6, 2]); m.plot(); viz.plot_graph_3d(m)
+m = bimt.BioMLP([2, 6, 6, 2]); viz.plot(m); viz.plot_graph_3d(m)
 viz.plot_decision_boundary(m, torch.rand(20, 2), torch.randint(2, (20,)))
-g = bimt.BioMLP([16, 9, 4], layout="grid"); g.plot()
-t = bimt.BioTransformer(2, 2, d_model=8, n_blocks=1); t.plot()
+g = bimt.BioMLP([16, 9, 4], layout="grid"); viz.plot(g)
+t = bimt.BioTransformer(2, 2, d_model=8, n_blocks=1); viz.plot(t)
 tok = bimt.BioMLP([8, 6, 5], vocab_size=5, n_tokens=2)
 viz.plot_embedding_pairs(tok, pairs=[(0, 1)]); viz.plot_embedding_heatmap(tok, active_only=False)
 viz.plot_pruning_frontier([(0, 1.0), (5, 0.5)])
 X = torch.rand(50, 3, 2); X[:, 0, 0] = 0; X[:, 1, 1] = 0; X[:, 2, 0] = 0
 viz.plot_residual_vs_weight(t, X, torch.rand(50))
-seq = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)); bimt.attach(seq).plot()
+seq = nn.Sequential(nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)); viz.plot(bimt.attach(seq))
 snaps = [viz.snapshot(m, 0), viz.snapshot(m, 1)]
 list(viz.render_frames(m, snaps))
 assert "matplotlib.pyplot" not in sys.modules, "pyplot was imported"

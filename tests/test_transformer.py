@@ -11,15 +11,18 @@ matplotlib.use("Agg")
 import numpy as np
 import pytest
 import torch
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from torch import nn
 
+import bimt
+import bimt.models.drawing
 from bimt import apply_permutation, swap_pass
 from bimt.models.transformer import BioTransformer
-from bimt.viz.transformer import plot_transformer_graph
+from bimt.viz import plot as plot_transformer_graph
 
 TOL = 1e-5
 
@@ -332,18 +335,18 @@ def test_plot_transformer_graph():
     fig = plot_transformer_graph(model)
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
-    collections = [c for c in ax.collections if isinstance(c, LineCollection)]
-    assert len(collections) == 6  # embed, qkv, proj, fc1, fc2, unembed of the last block
-    assert max(np.max(c.get_linewidths()) for c in collections) == pytest.approx(2.0)
+    weights = [c for c in ax.collections if (c.get_gid() or "").startswith("weights-")]
+    assert len(weights) == 2 + 4 * 2  # embed, per block qkv, proj, fc1, fc2, unembed
+    assert max(np.max(c.get_linewidths()) for c in weights) == pytest.approx(2.0)
     texts = {t.get_text() for t in ax.texts}
-    assert {"x", "y", "yhat", "zero", "Atn1", "Res4", "output"} <= texts
-
-    fig = plot_transformer_graph(model, block=None, input_labels=["a", "b"])
-    ax = fig.axes[0]
-    assert len([c for c in ax.collections if isinstance(c, LineCollection)]) == 2 + 4 * 2
-    assert {"a", "b", "Embed", "Atn0", "Atn1", "MLP0", "Res1", "Res4"} <= {
-        t.get_text() for t in ax.texts
-    }
+    assert {"x", "y", "yhat", "zero", "Embed", "Atn0", "Atn1", "MLP0", "Res1", "Res4", "output"} <= texts
+    # the residual stream: each of its neurons joined to its next state, four times
+    streams = [c for c in ax.collections if c.get_gid() == "streams"]
+    assert sum(len(c.get_segments()) for c in streams) == 4 * model.d_model
+    # the output projection reads the v neurons (the third fold row of the attention row)
+    drawing = bimt.models.drawing.drawing_of(model.bimt)
+    proj = next(e for e in drawing.edges if e.name == "blocks.0.attn.proj.weight")
+    assert (proj.out_fold, proj.in_fold) == (0, 2) and drawing.rows[proj.inp].fold == 3
+    fig = plot_transformer_graph(model, input_labels=["a", "b"])
+    assert {"a", "b"} <= {t.get_text() for t in fig.axes[0].texts}
     fig.savefig(io.BytesIO(), format="png")  # renders without pyplot
-    with pytest.raises(ValueError, match="block"):
-        plot_transformer_graph(model, block=2)

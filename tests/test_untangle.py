@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import bimt
 from bimt import BioMLP
-from bimt.core.crossings import crossings
+from bimt.analysis import crossings
 from conftest import apply_report, build, inputs, mlp_configs, state
 
 

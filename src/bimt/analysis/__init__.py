@@ -1,8 +1,8 @@
 """Reading a trained network: modularity, modules, active neurons, pruning, interventions.
 
 Every function takes the network as anything :func:`bimt.wiring_of` accepts: a module with a
-wiring (:class:`bimt.BioMLP`, an attached module), a :class:`bimt.Wiring`, or a run directory;
-a ``(module, spec)`` pair works too. One module per concept:
+wiring (:class:`bimt.BioMLP`, an attached module), a :class:`bimt.Wiring`, or a ``(module,
+spec)`` pair (a run directory's model: ``bimt.load_model(run)``). One module per concept:
 
 * :mod:`.graph` - the weight graph, modularity (Table 2), communities, modules, tree roots,
   active neurons;
@@ -23,8 +23,8 @@ pyplot, like every figure of bimt).
 """
 
 from .graph import (
-    ACTIVE_THRESHOLD, MODULE_THRESHOLD, active_neurons, communities, find_modules, modularity,
-    module_slots, neuron_scores, tree_roots, weight_graph,
+    ACTIVE_THRESHOLD, MODULE_THRESHOLD, active_neurons, communities, crossings, find_modules,
+    modularity, module_slots, neuron_scores, tree_roots, weight_graph,
 )
 from .intervene import intervene, knockout_table
 from .paths import depends_only_on, input_output_paths
@@ -36,7 +36,7 @@ from .prune import pruning_frontier
 from .report import summary
 
 __all__ = [
-    "weight_graph", "modularity", "communities",
+    "weight_graph", "modularity", "communities", "crossings",
     "find_modules", "module_slots", "tree_roots", "neuron_scores", "active_neurons",
     "pruning_frontier", "intervene", "knockout_table",
     "activations", "neuron_correlation", "best_neuron", "embedding_matrix",

@@ -328,3 +328,13 @@ def active_neurons(model, threshold: float = ACTIVE_THRESHOLD) -> dict[str, list
     return out
 
 
+def crossings(model, threshold: float | None = None) -> dict:
+    """Readability of the drawing: ``{"crossings", "module_crossings", "n_modules"}``, the pairs
+    of drawn wires that cross after pruning each weight below ``threshold`` (5%) of its layer's
+    largest, and those between different modules (``None`` values when the layers are not
+    lines in a chain). See :func:`bimt.core.crossings.crossings`."""
+    from ..core.crossings import THRESHOLD
+    from ..core.crossings import crossings as count
+
+    wiring = wiring_of(model)
+    return count(wiring.module, wiring.spec, THRESHOLD if threshold is None else threshold)

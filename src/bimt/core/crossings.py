@@ -119,13 +119,13 @@ def count_crossings(x_in, x_out, edges, mod_in=None):
 
 
 @torch.no_grad()
-def crossings(module, spec: PermutationSpec | None = None, threshold: float = THRESHOLD) -> dict:
+def crossings(module, spec: PermutationSpec, threshold: float = THRESHOLD) -> dict:
     """``{"crossings", "module_crossings", "n_modules"}`` of the drawn network (``None`` values
-    when it is not a chain of line layers)."""
-    spec = spec if spec is not None else getattr(module, "spec", None)
-    if spec is None:
-        raise TypeError(f"{type(module).__name__} has no spec: pass crossings(module, spec) "
-                        "(bimt.wiring_of(module).spec for an attached module)")
+    when it is not a chain of line layers). ``module`` holds the tensors ``spec`` names (a
+    module, or a name -> tensor dict); for a model or wiring use :func:`bimt.analysis.crossings`."""
+    if not isinstance(spec, PermutationSpec):
+        raise TypeError(f"crossings(module, spec) needs the module's PermutationSpec, got "
+                        f"{type(spec).__name__}; for a model use bimt.analysis.crossings(model)")
     layers = layers_of(spec)
     if layers is None:
         return {"crossings": None, "module_crossings": None, "n_modules": None}

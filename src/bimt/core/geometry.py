@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .settings import CostSettings
 from .checks import positive_int
 
 __all__ = ["line", "grid", "grid3d", "ring", "layout", "pairwise_distance", "LAYOUTS"]
@@ -107,7 +108,7 @@ def layout(kind, n: int) -> np.ndarray:
 
 
 def pairwise_distance(
-    out_coords: np.ndarray, in_coords: np.ndarray, A: float, y_star: float, p: float = 1.0
+    out_coords: np.ndarray, in_coords: np.ndarray, A: float, y_star: float, p: float = CostSettings.p
 ) -> np.ndarray:
     """Length of every connection from a layer at ``in_coords`` to the next at ``out_coords``.
 

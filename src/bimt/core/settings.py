@@ -10,11 +10,13 @@ from dataclasses import dataclass
 
 from .checks import nonnegative, one_of
 
-__all__ = ["CostSettings", "REDUCTIONS", "COST_FIELDS", "DEFAULT_SWAP_MODE"]
+__all__ = ["CostSettings", "REDUCTIONS", "COST_FIELDS", "DEFAULT_SWAP_MODE", "DEFAULT_SWAP_EVERY"]
 
 REDUCTIONS = ("sum", "mean")
 #: The mode of a swap pass when none is named: the paper's greedy swaps (bimt.core.swap).
 DEFAULT_SWAP_MODE = "greedy"
+#: Steps between swap passes when none is named (the paper's S = 200).
+DEFAULT_SWAP_EVERY = 200
 
 
 @dataclass(frozen=True)

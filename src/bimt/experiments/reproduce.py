@@ -361,6 +361,7 @@ def task_figure(out: Path, task: str, methods: list[str], seed: int = 0) -> Path
     from .. import viz
     from ..viz._io import Figure
     from ..models import wiring_of
+    from ..models.drawing import drawing_of
     from ..training.runs import load_model
 
     shown = [m for m in ("vanilla", "l1", "bimt") if m in methods] or methods
@@ -371,7 +372,7 @@ def task_figure(out: Path, task: str, methods: list[str], seed: int = 0) -> Path
             models.append((m, load_model(run)[0]))
     if not models:
         return None
-    three_d = wiring_of(models[0][1]).view == "layered3d"
+    three_d = drawing_of(wiring_of(models[0][1])).three_d
     fig = Figure(figsize=(5.5 * len(models), 6 if not three_d else 5.5))
     for i, (m, model) in enumerate(models):
         ax = fig.add_subplot(1, len(models), i + 1, projection="3d" if three_d else None)

@@ -46,7 +46,8 @@ class BioCNN(WiredModule):
     settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
         defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
 
-    Its wiring (``model.bimt``) draws it in the ``channels`` view (:func:`bimt.viz.graph.plot_channels`).
+    Its wiring (``model.bimt``) draws it in the ``channels`` view: one line per pair of channels
+    (kernels and positions summed; :func:`bimt.viz.plot`).
     """
 
     def __init__(self, image: Sequence[int] = (1, 28, 28), channels: Sequence[int] = (8, 16),
@@ -128,7 +129,9 @@ class BioCNN(WiredModule):
         self.register_buffer("output_order", torch.arange(n_classes))
         self.spec = PermutationSpec(groups, axes, charges, free=free)
         settings = CostSettings.of(settings, **cost_settings)
-        self.bimt = Wiring(self, self.spec, settings, view="channels")
+        channels = self.image[0]  # the input row is the image's channels, not its pixels
+        names = ["image"] if channels == 1 else [f"channel {c + 1}" for c in range(channels)]
+        self.bimt = Wiring(self, self.spec, settings, view="channels", input_labels=names)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], *self.image)

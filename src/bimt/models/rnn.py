@@ -21,6 +21,7 @@ from ..core.geometry import grid, grid3d
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
 from .mlp import make_activation
+from .drawing import Drawing, register_view, spec_drawing
 from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioRNN", "CELLS"]
@@ -57,7 +58,8 @@ class BioRNN(WiredModule):
     settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
         defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
 
-    Its wiring (``model.bimt``) draws it in the ``rnn`` view (:func:`bimt.viz.rnn.plot_rnn`).
+    Its wiring (``model.bimt``) draws it in the ``rnn`` view: the hidden units at their positions,
+    recurrent weights as arcs (:func:`bimt.viz.plot`).
     """
 
     def __init__(
@@ -144,3 +146,20 @@ class BioRNN(WiredModule):
 
     def extra_repr(self) -> str:
         return f"{self.cell_type}, {self.d_in} -> {self.n_hidden} -> {self.d_out}"
+
+
+def _recurrent_picture(wiring) -> Drawing:
+    """Inputs below, the hidden units at their positions (a grid as a grid), their recurrent
+    weights inside the row, outputs above; gates (GRU folds) summed per unit."""
+    drawing = spec_drawing(wiring, folds=False)
+    c = wiring.spec.groups["hidden"].coords
+    for row in drawing.rows:
+        if row.group == "hidden" and c.shape[1] >= 2:
+            row.spatial = True
+            if c.shape[1] >= 3:  # a box: its layers side by side
+                k = np.searchsorted(np.unique(c[:, 2]), c[:, 2])
+                row.xy = np.stack([(c[:, 0] + 1.15 * k) / (1.15 * k.max() + 1), c[:, 1]], 1)
+    return drawing
+
+
+register_view("rnn", _recurrent_picture)

@@ -53,6 +53,7 @@ from ..core.cost import CostSettings
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
 from .mlp import make_activation
+from .drawing import Drawing, register_view, spec_drawing
 from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioTransformer", "CausalSelfAttention", "TransformerBlock"]
@@ -313,3 +314,26 @@ class BioTransformer(WiredModule):
             f"n_blocks={self.n_blocks}, n_heads={self.n_heads}, mlp_ratio={self.mlp_ratio}, "
             f"layer_norm={self.layer_norm}"
         )
+
+
+def _figure7(wiring) -> Drawing:
+    """The paper's Fig. 7 rows: the inputs, the stream after the embedding ("Embed"), then per
+    block its attention neurons (q, k and v share a slot: three offset rows), the stream after
+    attention, the MLP neurons, the stream after the MLP ("Res1", "Res2", ...), the outputs.
+    The output projection reads the v neurons."""
+    n_blocks = sum(g.startswith("attn") for g in wiring.spec.groups)
+    drawing = spec_drawing(
+        wiring, fold_hints={f"blocks.{b}.attn.proj.weight": (0, 2) for b in range(n_blocks)},
+        fold_names={f"attn{b}": ["q", "k", "v"] for b in range(n_blocks)})
+    names = {"resid": "Embed", "input": "input", "output": "output"}
+    for row in drawing.rows:
+        if row.group == "resid":
+            row.name = names["resid"] if row.name == "resid" else f"Res{row.name.split()[-1]}"
+        elif row.group.startswith("attn"):
+            row.name = f"Atn{row.group[4:]}"
+        elif row.group.startswith("mlp"):
+            row.name = f"MLP{row.group[3:]}"
+    return drawing
+
+
+register_view("transformer", _figure7)

@@ -20,9 +20,11 @@ from torch import nn
 
 from ..core.checks import one_of, positive_int
 from ..core.cost import ConnectionCost, CostSettings
+from ..core.settings import DEFAULT_SWAP_EVERY
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec, tensor
 from ..core.swap import DEFAULT_MODE, SwapReport, apply_permutation, swap_pass
+from .drawing import VIEWS, default_view
 from .families import derive_spec
 
 __all__ = ["Wiring", "attach", "wiring_of", "has_wiring", "sequential_spec", "default_view", "ELEMENTWISE", "VIEWS"]
@@ -51,12 +53,10 @@ class Wiring:
     the weights); ``step()`` is the whole BIMT step for a loop of your own; ``export()`` gives
     the plain module back.
 
-    ``view`` names the picture: ``"layered"`` (2D graph of a chain of layers), ``"layered3d"``
-    (grids and rings), ``"transformer"`` (the paper's Fig. 7), ``"graph"`` (any spec: groups
-    stacked by depth), ``"rnn"`` (a recurrent group at its positions, :mod:`bimt.viz.rnn`) or
-    ``"channels"`` (a chain of conv and linear layers, one line per channel pair,
-    :func:`bimt.viz.graph.plot_channels`). ``probes`` maps a name (``"hidden"``, ``"residual_stream"``) to a method
-    of the module that analysis may call with inputs.
+    ``view`` names the picture (:data:`bimt.models.drawing.VIEWS`: ``layered``, ``layered3d``,
+    ``graph`` for any spec, ``channels``, and the families' ``transformer``, ``rnn``, ...;
+    :func:`bimt.viz.plot` draws it). ``probes`` maps a name (``"hidden"``,
+    ``"residual_stream"``) to a method of the module that analysis may call with inputs.
     """
 
     def __init__(self, module: nn.Module, spec: PermutationSpec, settings: CostSettings | None = None,
@@ -109,7 +109,7 @@ class Wiring:
         """Apply a permutation by hand: slot ``s`` of ``group`` takes the neuron at ``perm[s]``."""
         apply_permutation(self.module, self.spec, group, perm, optimizer)
 
-    def step(self, optimizer, lam: float, *, swap_every: int | None = 200, top_k: int | None = None,
+    def step(self, optimizer, lam: float, *, swap_every: int | None = DEFAULT_SWAP_EVERY, top_k: int | None = None,
              mode: str = DEFAULT_MODE) -> SwapReport | None:
         """One BIMT step for your own loop, after ``loss.backward()``: add ``lam`` times the
         cost's gradient to ``.grad``, ``optimizer.step()``, and every ``swap_every`` calls a swap
@@ -140,12 +140,6 @@ class Wiring:
                 if not t.is_floating_point():
                     return t
         return None
-
-    def plot(self, ax=None, **kw):
-        """The connectivity graph in this wiring's view; returns the Figure."""
-        from .. import viz
-
-        return viz.plot(self, ax=ax, **kw)
 
     def export(self) -> nn.Module:
         """A deep copy in the interface order: every order buffer folded into the weights (so
@@ -210,30 +204,6 @@ class WiredModule(nn.Module):
         """One swap pass over every movable group; see :func:`bimt.swap_pass`."""
         return self.bimt.swap(top_k, mode, optimizer, **kw)
 
-    def plot(self, ax=None, **kw):
-        """The connectivity graph in the model's view; returns the Figure."""
-        return self.bimt.plot(ax=ax, **kw)
-
-
-VIEWS = ("layered", "layered3d", "transformer", "graph", "rnn", "channels")
-
-
-def default_view(spec: PermutationSpec) -> str:
-    """``layered`` (or ``layered3d`` with grid or ring groups) when the weights form one chain of
-    groups, else ``graph``."""
-    weights = spec.weights()
-    feeds: dict[str, int] = {}
-    fed: dict[str, int] = {}
-    for n in weights:
-        out_g, in_g = spec.weight_groups(n)
-        feeds[in_g] = feeds.get(in_g, 0) + 1
-        fed[out_g] = fed.get(out_g, 0) + 1
-    chain = bool(weights) and all(v == 1 for v in feeds.values()) and all(v == 1 for v in fed.values()) \
-        and sum(g not in fed for g in feeds) == 1
-    if not chain:
-        return "graph"
-    return "layered3d" if any(g.coords.shape[1] >= 2 for g in spec.groups.values()) else "layered"
-
 
 def has_wiring(x) -> bool:
     """Whether ``x`` is a Wiring or a module carrying one (``module.bimt``)."""
@@ -242,8 +212,8 @@ def has_wiring(x) -> bool:
 
 def wiring_of(x) -> Wiring:
     """The one way from "a thing" to its :class:`Wiring`: a Wiring, a module with a ``bimt``
-    handle (attached, BioMLP, BioTransformer), a ``(module, spec)`` pair, or a run directory
-    (its trained model, loaded)."""
+    handle (attached, BioMLP, BioTransformer, ...) or a ``(module, spec)`` pair. A run
+    directory is loaded first: ``bimt.load_model(run_dir)`` gives its model."""
     if isinstance(x, Wiring):
         return x
     if has_wiring(x):
@@ -251,12 +221,11 @@ def wiring_of(x) -> Wiring:
     if isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], PermutationSpec):
         return Wiring(x[0], x[1], check=False)
     if isinstance(x, (str, os.PathLike)):
-        from ..training.runs import load_model
-
-        return load_model(x)[0].bimt
+        raise TypeError(f"{str(x)!r} is a path, not a model: load a run directory's model with "
+                        "bimt.load_model(path) (it returns the model and its config)")
     raise TypeError(
         f"{type(x).__name__} has no bimt wiring: pass a module given one by bimt.attach(module, "
-        "spec) (BioMLP and BioTransformer have theirs), a Wiring, or a run directory"
+        "spec) (BioMLP and BioTransformer have theirs) or a Wiring"
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..core.checks import nonnegative, one_of, positive_int
-from ..core.settings import COST_FIELDS, DEFAULT_SWAP_MODE, CostSettings
+from ..core.settings import COST_FIELDS, DEFAULT_SWAP_EVERY, DEFAULT_SWAP_MODE, CostSettings
 
 __all__ = ["TrainConfig", "Setting", "SETTINGS", "read_config_file", "METHODS", "Method", "LOSSES", "DTYPES",
            "SEED_MAX", "MEMBER_FIELDS", "milestone_schedule", "lambda_at", "check_seed"]
@@ -209,7 +209,8 @@ class TrainConfig:
                                                check=_fraction, stack=True)
     top_k: int | None = setting(None, "neurons per layer tried in a swap pass (all when unset)",
                                 check=_int, stack=True)
-    swap_every: int | None = setting(200, "steps between swap passes", check=_int, stack=True)
+    swap_every: int | None = setting(DEFAULT_SWAP_EVERY, "steps between swap passes", check=_int,
+                                     stack=True)
     swap_mode: str | None = setting(
         DEFAULT_SWAP_MODE, "greedy (the paper's) | exact (linear assignment) | untangle (modules "
         "side by side)", check=_one_of(_swap_modes), choices=_swap_modes, stack=True)

@@ -43,6 +43,7 @@ class TensorBoardLogger:
 
     def evaluation(self, step: int, row: dict, model) -> None:
         """At an evaluation step: ``row`` is the history row (losses, accuracies, lam, cost)."""
+        from .. import viz
         from ..analysis import modularity
 
         for tag, key in (("loss/train", "train_loss"), ("loss/test", "test_loss"),
@@ -54,7 +55,7 @@ class TensorBoardLogger:
         except ValueError:  # every weight zero: modularity undefined
             pass
         if self.graph_images:
-            fig = model.plot()
+            fig = viz.plot(model)
             self.writer.add_figure("graph", fig, step, close=True)
         self.writer.flush()
 

@@ -1,10 +1,9 @@
 """Pictures of spatially embedded networks: connectivity graphs, decision boundaries, GIFs.
 
-* :func:`plot` - any model in its wiring's view (what ``model.plot()`` calls);
-* :func:`plot_graph` - the paper's 2D connectivity graph of a BioMLP (or attached Sequential);
+* :func:`plot` - any model in its wiring's view (2D, or 3D for grid and ring layers);
+* :func:`plot_graph` - the paper's 2D connectivity graph of any model with a wiring (residual
+  streams, heads, recurrent weights and folds included);
 * :func:`plot_graph_3d` - the 3D graph for grid / ring layers (MNIST);
-* :func:`plot_rnn` - a BioRNN's hidden units at their positions, recurrent weights curved;
-* :func:`plot_channels` - the channel graph of a BioCNN;
 * :func:`plot_decision_boundary` - class regions of a 2-input classifier;
 * :func:`plot_pruning_frontier`, :func:`plot_embedding_pairs`, :func:`plot_embedding_heatmap`,
   :func:`plot_residual_vs_weight` - the pictures of :mod:`bimt.analysis`;
@@ -23,12 +22,8 @@ from .analysis import (
     plot_embedding_heatmap, plot_embedding_pairs, plot_pruning_frontier, plot_residual_vs_weight,
 )
 from .animation import GraphRecorder, Snapshot, render_frames, snapshot, write_animation
-from .graph import (
-    LayeredView, channel_view, layered_view, plot, plot_channels, plot_decision_boundary,
-    plot_graph, plot_graph_3d, plot_spec_graph,
-)
+from .graph import MODULE_COLORS, neuron_positions, plot, plot_decision_boundary, plot_graph, plot_graph_3d
 from .report import Report, report
-from .rnn import plot_rnn
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, normalized_weights,
     weight_collection, weight_colors, weight_linewidths,
@@ -36,9 +31,9 @@ from .style import (
 
 
 __all__ = [
-    "Figure", "plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary", "save_figure", "GraphRecorder",
+    "Figure", "plot", "plot_graph", "plot_graph_3d", "plot_decision_boundary", "save_figure", "GraphRecorder",
     "write_animation", "Snapshot", "snapshot", "render_frames", "atomic_write", "close_figure",
-    "LayeredView", "layered_view", "plot_rnn", "plot_channels", "channel_view", "plot_pruning_frontier", "plot_embedding_pairs",
+    "neuron_positions", "MODULE_COLORS", "plot_pruning_frontier", "plot_embedding_pairs",
     "plot_embedding_heatmap", "plot_residual_vs_weight", "report", "Report",
     "POSITIVE_COLOR", "NEGATIVE_COLOR", "NEURON_COLOR", "MAX_LINEWIDTH", "normalized_weights",
     "weight_colors", "weight_linewidths", "weight_collection", "keep_mask",

@@ -30,7 +30,8 @@ from matplotlib.figure import Figure
 from ._io import atomic_write, close_figure
 from ..core.checks import one_of, positive_int
 from ..models.wiring import wiring_of
-from .graph import _graph_figsize, layered_view, plot, plot_decision_boundary, plot_graph, plot_graph_3d
+from ..models.drawing import drawing_of
+from .graph import graph_figsize, plot_decision_boundary, plot_graph, plot_graph_3d
 
 __all__ = ["Snapshot", "snapshot", "GraphRecorder", "write_animation", "render_frames"]
 
@@ -153,11 +154,10 @@ def _even_subset(items: list, k: int | None) -> list:
 
 
 def _frame_kind(model, kind: str) -> str:
-    one_of(kind, ("auto", "2d", "3d", "own"), "kind")
+    one_of(kind, ("auto", "2d", "3d"), "kind")
     if kind != "auto":
         return kind
-    view = wiring_of(model).view
-    return {"layered": "2d", "layered3d": "3d"}.get(view, "own")  # others: the wiring's own view
+    return "3d" if drawing_of(wiring_of(model)).three_d else "2d"
 
 
 def render_frames(
@@ -183,12 +183,12 @@ def render_frames(
     snaps = _even_subset(_as_snapshots(snapshots), max_frames)
     work = copy.deepcopy(wiring_of(model).module).to("cpu")
     kind = _frame_kind(work, kind)
-    plot_kwargs = dict(plot_kwargs or {})
+    plot_kwargs = {"legend": False, **(plot_kwargs or {})}
     boundary_kwargs = dict(boundary_kwargs or {})
     if decision_boundary_data is not None:
         X, y = decision_boundary_data
     if figsize is None:
-        figsize = (6.0, 7.0) if kind in ("3d", "own") else _graph_figsize(layered_view(work))
+        figsize = (6.0, 7.0) if kind == "3d" else graph_figsize(drawing_of(wiring_of(work)))
         if decision_boundary_data is not None:
             figsize = (figsize[0] + figsize[1] * 1.1, figsize[1])
     fig = Figure(figsize=figsize, dpi=dpi)
@@ -205,9 +205,7 @@ def render_frames(
                 ax_db = fig.add_subplot(gs[1])
             else:
                 ax_graph = fig.add_subplot(1, 1, 1, projection=projection)
-            if kind == "own":
-                plot(work, ax=ax_graph, title=label, **plot_kwargs)
-            elif kind == "3d":
+            if kind == "3d":
                 plot_graph_3d(work, ax=ax_graph, title=label, **plot_kwargs)
             else:
                 plot_graph(work, ax=ax_graph, title=label, **plot_kwargs)

@@ -1,375 +1,331 @@
-"""Connectivity graphs of layered networks (BioMLP, attached ``nn.Sequential``), 2D and 3D.
+"""Connectivity graphs of any model, 2D and 3D, from its :class:`~bimt.models.drawing.Drawing`.
 
 The picture follows the paper (Section 2, "Connectivity Graphs"): neurons are dots at their
-positions, every weight is a line whose width is ``|w| / max|w|`` of its layer (times
+positions, every weight is a line whose width is ``|w| / max|w|`` of its tensor (times
 ``max_linewidth``), blue when positive, red when negative. Positions are the *unit*
-coordinates of the layout, so the picture does not depend on ``A``; layers are stacked bottom
-(inputs) to top (outputs). Inputs and outputs carry labels that follow the swaps: the input
-slot ``s`` shows ``input_labels[input_order[s]]``.
+coordinates of the layout, so the picture does not depend on ``A``; rows are stacked bottom
+(inputs) to top (outputs). What is drawn comes from the model's view (its rows, weights and
+residual streams; :func:`bimt.models.drawing.drawing_of`), so every model with a spec can be
+drawn: a residual stream is drawn as successive rows joined by faint grey lines (the identity
+of the skip connection), heads as boxes around their neurons, recurrent weights as arcs inside
+their row, folded neurons (tokens, q/k/v) as slightly offset copies of their row. Neurons are
+coloured by module (the connected components of :func:`bimt.analysis.find_modules`, grey when
+in none), and a key names the edge colours and the modules.
 
-Token models (an embedding feeding a folded input layer) draw one row per token, slightly
-offset vertically (the paper's Figs. 5-6: "overlap each other but are drawn to be vertically
-separated"); the embedding table itself is not drawn.
-
-Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global
-state, nothing to close): Jupyter shows it inline when it is a cell's value, and
-:func:`bimt.viz.save_figure` writes it. Artists carry ``gid`` tags so code can find them:
-``weights-<i>`` (the line collection of weight layer ``i``), ``neurons-<group>``,
-``input-label``, ``output-label``, ``token-label``.
+Every function returns a :class:`matplotlib.figure.Figure` built without ``pyplot``. Artists
+carry ``gid`` tags: ``weights-<i>`` (the lines of the view's weight ``i``), ``streams``,
+``neurons-<row>``, ``heads-<row>``, ``input-label``, ``output-label``, ``token-label``,
+``row-label``, ``highlight``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
+from ..models.drawing import Drawing, drawing_of
 from ..models.wiring import has_wiring, wiring_of
-from ..core.spec import tensor
 from ._io import Figure
 from .style import (
     MAX_LINEWIDTH, NEGATIVE_COLOR, NEURON_COLOR, POSITIVE_COLOR, keep_mask, weight_collection,
 )
 
-__all__ = ["plot", "plot_graph", "plot_graph_3d", "plot_spec_graph", "plot_decision_boundary",
-           "LayeredView", "layered_view", "channel_view", "plot_channels"]
+__all__ = ["plot", "plot_graph", "plot_graph_3d", "plot_decision_boundary", "neuron_positions",
+           "graph_figsize", "MODULE_COLORS"]
 
-#: Above this many weights in total, ``plot_graph`` skips weights below 1e-3 of their layer's
-#: max (they are far thinner than a pixel anyway) unless ``min_fraction`` says otherwise.
+#: Above this many weights in total, 2D drawings skip weights below 1e-3 of their tensor's
+#: max (far thinner than a pixel anyway) unless ``min_fraction`` says otherwise.
 BIG_MODEL_WEIGHTS = 20_000
-#: Above this many neurons, an interface layer gets no default labels (MNIST pixels).
+#: Above this many neurons, an interface row gets no default labels (MNIST pixels).
 MAX_AUTO_LABELS = 100
-
-
-# ---------------------------------------------------------------------------------------------
-# What to draw: a layered view of the model
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class LayeredView:
-    """A layered network as plain arrays, in slot order.
-
-    ``coords[g]`` are the unit coordinates of group ``g`` (``(n_g, d)``); ``folds[g]`` the
-    neurons per slot (``weights`` rows/columns are ``f * n_g + s``); ``weights[i]`` maps group
-    ``i`` to group ``i + 1`` as ``(out, in)``; ``input_order[s]`` / ``output_order[s]`` the
-    interface index held by slot ``s`` (``None`` when the input is a token embedding).
-    """
-
-    names: list[str]
-    coords: list[np.ndarray]
-    folds: list[int]
-    weights: list[np.ndarray]
-    input_order: np.ndarray | None
-    output_order: np.ndarray | None
-    input_labels: list[str] | None
-    output_labels: list[str] | None
-    tokens: bool
-
-    @property
-    def sizes(self) -> list[int]:
-        return [c.shape[0] for c in self.coords]
-
-
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to("cpu", torch.float64).numpy()
-
-
-def layered_view(model) -> LayeredView:
-    """Read a layered network's groups, weights and interface orders (see :class:`LayeredView`).
-
-    Works for a BioMLP, the Wiring of an attached ``nn.Sequential``, or any module with a
-    spec whose charged weights form one chain ``layer0 -> layer1 -> ...``.
-    """
-    wiring = wiring_of(model)
-    module, spec = wiring.module, wiring.spec
-    weights = spec.weights()
-    if not weights:
-        raise ValueError("the model's spec charges no weight matrix, so there is no graph to draw")
-    nxt = {}
-    for name in weights:
-        out_g, in_g = spec.weight_groups(name)
-        if in_g in nxt:
-            raise ValueError(
-                f"group {in_g!r} feeds more than one weight ({nxt[in_g][0]!r}, {name!r}): "
-                "plot_graph draws layered networks only (for transformers see "
-                "bimt.viz.transformer)"
-            )
-        nxt[in_g] = (name, out_g)
-    outs = {spec.weight_groups(n)[0] for n in weights}
-    starts = [g for g in nxt if g not in outs]
-    if len(starts) != 1:
-        raise ValueError("the model's weights do not form one chain of layers; cannot draw it")
-    names, mats = [starts[0]], []
-    while names[-1] in nxt:
-        name, out_g = nxt[names[-1]]
-        if out_g in names:
-            raise ValueError("the model's weights form a cycle; cannot draw it")
-        mats.append(_numpy(spec.oriented(name, tensor(module, name))))
-        names.append(out_g)
-    if len(mats) != len(weights):
-        raise ValueError("the model's weights do not form one chain of layers; cannot draw it")
-
-    coords = [np.asarray(spec.groups[g].coords, dtype=np.float64) for g in names]
-    folds = [1] * len(names)
-    for i, W in enumerate(mats):
-        for g, length in ((i + 1, W.shape[0]), (i, W.shape[1])):
-            f = length // coords[g].shape[0]
-            if folds[g] != 1 and f != folds[g]:
-                raise ValueError(f"group {names[g]!r} is used with different folds")
-            folds[g] = f
-
-    def order(group: str):
-        t = wiring.order(group)
-        return None if t is None else t.detach().cpu().numpy().astype(np.int64)
-
-    tokens = any(k == "embedding" and names[0] in spec.axes[n] for n, k in spec.charges.items())
-    return LayeredView(
-        names=names,
-        coords=coords,
-        folds=folds,
-        weights=mats,
-        input_order=None if tokens else order(names[0]),
-        output_order=order(names[-1]),
-        input_labels=wiring.input_labels,
-        output_labels=wiring.output_labels,
-        tokens=tokens,
-    )
+#: Module colours (neurons in no module stay black).
+MODULE_COLORS = ("tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
+                 "tab:cyan", "gold", "tab:gray")
+STREAM_COLOR = "0.82"
+FOLD_GAP = 0.22
 
 
 def plot(model, ax=None, **kw) -> Figure:
-    """Draw a model in its wiring's view (``layered``, ``layered3d``, ``transformer``, ``graph``,
-    ``rnn``, ``channels``); returns the Figure. What ``model.plot()`` and ``wiring.plot()`` call."""
-    wiring = wiring_of(model)
-    if wiring.view == "rnn":
-        from .rnn import plot_rnn
-
-        return plot_rnn(wiring, ax=ax, **kw)
-    if wiring.view == "channels":
-        return plot_channels(wiring, ax=ax, **kw)
-    if wiring.view == "transformer":
-        from .transformer import plot_transformer_graph
-
-        return plot_transformer_graph(wiring, ax=ax, **kw)
-    draw = {"layered": plot_graph, "layered3d": plot_graph_3d, "graph": plot_spec_graph}[wiring.view]
-    return draw(wiring, ax=ax, **kw)
+    """Draw a model in its wiring's view (3D when the view places rows in 3D); returns the
+    Figure. ``kw`` go to :func:`plot_graph` or :func:`plot_graph_3d`."""
+    drawing = drawing_of(wiring_of(model))
+    return (plot_graph_3d if drawing.three_d else plot_graph)(model, ax=ax, drawing=drawing, **kw)
 
 
-def _depths(spec) -> dict[str, int]:
-    """Each group's depth: the longest chain of weights leading to it (groups no weight
-    touches sit at depth 0)."""
-    depth = {g: 0 for g in spec.groups}
-    edges = [spec.weight_groups(n) for n in spec.weights()]
-    for _ in range(len(spec.groups)):
-        changed = False
-        for out_g, in_g in edges:
-            if depth[out_g] < depth[in_g] + 1:
-                depth[out_g] = depth[in_g] + 1
-                changed = True
-        if not changed:
-            return depth
-    raise ValueError("the spec's weights form a cycle; plot_spec_graph draws acyclic networks")
+def _module_colors(wiring, threshold=None) -> dict:
+    """``{(group, slot): colour}`` for the neurons of the modules (of 3+ neurons)."""
+    from ..analysis import MODULE_THRESHOLD, find_modules
+
+    try:
+        comps = find_modules(wiring, MODULE_THRESHOLD if threshold is None else threshold)
+    except ValueError:  # every weight zero: no modules
+        return {}
+    comps = [c for c in comps if len(c) > 2]
+    return {n: MODULE_COLORS[k % len(MODULE_COLORS)] for k, comp in enumerate(comps) for n in comp}
 
 
-def plot_spec_graph(model, ax=None, title: str | None = None, *, max_linewidth: float = MAX_LINEWIDTH,
-                    show_labels: bool = True, figsize=None, dpi: float = 100) -> Figure:
-    """Any spec as a graph: groups stacked by depth (inputs at the bottom), groups of equal
-    depth at their own coordinates (side by side when those overlap), neurons at their slots, every charged weight a line (folds summed)
-    coloured by sign and as wide as ``|w| / max|w|`` of its tensor. Returns the Figure."""
-    wiring = wiring_of(model)
-    module, spec = wiring.module, wiring.spec
-    depth = _depths(spec)
-    rows: dict[int, list[str]] = {}
-    for g in spec.groups:
-        rows.setdefault(depth[g], []).append(g)
-    x, y = {}, {}
-    for d, groups in rows.items():
-        spans = sorted((float(_x_positions(spec.groups[g].coords).min()),
-                        float(_x_positions(spec.groups[g].coords).max())) for g in groups)
-        apart = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))  # then draw them where they are
-        for k, g in enumerate(groups):
-            xs = _x_positions(spec.groups[g].coords)
-            width = 1.0 / len(groups)
-            x[g] = xs if apart else k * width + width * (0.08 + 0.84 * xs)
-            y[g] = float(d)
-    if figsize is None:
-        figsize = (float(np.clip(1.5 + 0.2 * sum(spec.groups[g].size for g in max(rows.values(), key=len)), 4, 14)),
-                   float(np.clip(1.6 + 1.0 * max(rows), 3, 11)))
-    fig = _figure(ax, figsize, dpi)
-    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
-    for i, name in enumerate(spec.weights()):
-        out_g, in_g = spec.weight_groups(name)
-        W = _numpy(spec.to_slots(name, tensor(module, name).detach()))
-        o, k = np.divmod(np.arange(W.size), W.shape[1])
-        seg = np.stack([np.stack([x[in_g][k], np.full(len(k), y[in_g])], 1),
-                        np.stack([x[out_g][o], np.full(len(o), y[out_g])], 1)], 1)
-        ax.add_collection(weight_collection(seg, W.reshape(-1), max_linewidth, float(np.abs(W).max()),
-                                            zorder=1, gid=f"weights-{i}"))
-    for g in spec.groups:
-        ax.scatter(x[g], np.full(len(x[g]), y[g]), s=float(np.clip(600.0 / spec.groups[g].size, 4, 25)),
-                   c=NEURON_COLOR, zorder=3, linewidths=0, gid=f"neurons-{g}")
-        if show_labels:
-            ax.text(float(x[g].min()) - 0.02, y[g], g, ha="right", va="center", fontsize=8,
-                    gid="group-label")
-    ax.set_xlim(min(float(v.min()) for v in x.values()) - 0.1, max(float(v.max()) for v in x.values()) + 0.05)
-    ax.set_ylim(-0.5, max(rows) + 0.5)
-    ax.set_axis_off()
-    if title is not None:
-        ax.set_title(title)
-    return fig
+def neuron_positions(drawing: Drawing, fold_gap: float = FOLD_GAP) -> list[np.ndarray]:
+    """2D drawing positions of every row's neurons, ``(fold * n, 2)`` each (entry ``f * n + s``):
+    lines at their unit coordinate (grids in slot order), spatial rows at their coordinates
+    within the row's band, rows of one level side by side when their coordinates overlap."""
+    xs = []
+    for r in drawing.rows:
+        if r.spatial:
+            xs.append(r.xy[:, 0].copy())
+        elif np.allclose(r.xy[:, 1], 0.5) or r.size == 1:
+            xs.append(r.xy[:, 0].copy())
+        else:  # a grid or ring drawn flat: slot order
+            xs.append((np.arange(r.size) + 0.5) / r.size)
+    by_level: dict[float, list[int]] = {}
+    for i, r in enumerate(drawing.rows):
+        by_level.setdefault(r.level, []).append(i)
+    for idx in by_level.values():
+        spans = sorted((float(xs[i].min()), float(xs[i].max())) for i in idx)
+        if len(idx) > 1 and not all(a[1] < b[0] for a, b in zip(spans, spans[1:])):
+            width = 1.0 / len(idx)  # overlapping rows on one level: side by side
+            for k, i in enumerate(idx):
+                lo, hi = float(xs[i].min()), float(xs[i].max())
+                unit = (xs[i] - lo) / (hi - lo) if hi > lo else np.full(len(xs[i]), 0.5)
+                xs[i] = k * width + width * (0.08 + 0.84 * unit)
+    out = []
+    for r, x in zip(drawing.rows, xs):
+        if r.spatial:
+            y = r.level - 0.6 + 1.2 * r.xy[:, 1]
+        else:
+            y = np.full(r.size, float(r.level))
+        out.append(np.concatenate([np.stack([x, y - fold_gap * f], 1) for f in range(r.fold)]))
+    return out
 
 
-def _slot_labels(labels, order, n: int, default: str, what: str) -> list[str]:
-    """Label shown at each slot: ``labels[order[s]]`` (identity order when ``order`` is None)."""
-    if labels is None:
-        labels = [f"{default}{k + 1}" for k in range(n)]
+def _arcs(a: np.ndarray, b: np.ndarray, bend: float = 0.18, points: int = 16) -> np.ndarray:
+    """Quadratic Bezier curves from ``a[i]`` to ``b[i]``, bent left by ``bend * length`` (so
+    ``i -> j`` and ``j -> i`` do not overlap)."""
+    d = b - a
+    ctrl = (a + b) / 2 + bend * np.stack([-d[:, 1], d[:, 0]], 1)
+    t = np.linspace(0, 1, points)[None, :, None]
+    return (1 - t) ** 2 * a[:, None] + 2 * (1 - t) * t * ctrl[:, None] + t**2 * b[:, None]
+
+
+def _loops(p: np.ndarray, radius: float = 0.035, points: int = 16) -> np.ndarray:
+    """Small circles touching each neuron from above (self-connections)."""
+    t = np.linspace(0, 2 * np.pi, points)[None, :]
+    cx, cy = p[:, 0:1], p[:, 1:2] + radius
+    return np.stack([cx + radius * np.sin(t), cy - radius * np.cos(t)], 2)
+
+
+def _entries(drawing: Drawing, e, keep) -> tuple[np.ndarray, np.ndarray]:
+    """Row-entry indices (``f * n + s``) of the drawn weights' out and in neurons."""
+    o, k = np.divmod(np.flatnonzero(keep), e.W.shape[1])
+    n_out, n_in = drawing.rows[e.out].size, drawing.rows[e.inp].size
+    return o + e.out_fold * n_out, k + e.in_fold * n_in
+
+
+def _interface_labels(row, labels, what: str) -> list[str] | None:
+    """An interface row's slot labels: ``labels`` (interface order) placed by the row's order,
+    else the row's own."""
+    if labels is None or row.order is None:
+        return row.labels
     labels = [str(x) for x in labels]
-    if len(labels) != n:
-        raise ValueError(f"{len(labels)} {what} labels for {n} {what}s; give one per {what}")
-    order = np.arange(n) if order is None else np.asarray(order)
-    return [labels[int(k)] for k in order]
+    if len(labels) != row.size:
+        raise ValueError(f"{len(labels)} {what} labels for {row.size} {what}s; give one per {what}")
+    return [labels[k] for k in row.order]
 
 
-# ---------------------------------------------------------------------------------------------
-# 2D
-# ---------------------------------------------------------------------------------------------
-def _x_positions(coords: np.ndarray) -> np.ndarray:
-    """x of each slot: the unit coordinate for a line; slot order for grids and rings."""
-    if coords.shape[1] == 1:
-        return coords[:, 0]
-    n = coords.shape[0]
-    return (np.arange(n) + 0.5) / n
+def _figure(ax, figsize, dpi, projection=None):
+    if ax is not None:
+        return ax.figure, ax
+    fig = Figure(figsize=figsize, dpi=dpi, layout=None)
+    return fig, fig.add_subplot(1, 1, 1, projection=projection)
 
 
-def plot_graph(
-    model,
-    ax=None,
-    input_labels=None,
-    output_labels=None,
-    title: str | None = None,
-    *,
-    max_linewidth: float | None = None,
-    min_fraction: float | None = None,
-    show_labels="auto",
-    token_labels=None,
-    fold_gap: float = 0.22,
-    neuron_size: float | None = None,
-    fontsize: float | None = None,
-    positive=POSITIVE_COLOR,
-    negative=NEGATIVE_COLOR,
-    figsize=None,
-    dpi: float = 100,
-):
-    """Draw the paper's 2D connectivity graph of a layered model; returns the Figure.
+def graph_figsize(drawing: Drawing, fold_gap: float = FOLD_GAP) -> tuple[float, float]:
+    """Default size (inches) of a 2D graph: wider for wider rows, taller for more levels."""
+    rows = drawing.rows
+    levels = max(r.level for r in rows) - min(r.level for r in rows)
+    if any(r.spatial for r in rows):  # a grid of units: room for it to look square
+        return 6.0, float(np.clip(2.0 + 2.2 * levels, 4.0, 11.0))
+    width = float(np.clip(1.4 + 0.2 * max(r.size for r in rows), 4.0, 14.0))
+    height = 1.6 + 1.0 * levels + fold_gap * (max(r.fold for r in rows) - 1)
+    return width, float(np.clip(max(height, 0.4 * width), 3.0, 11.0))
+
+
+def _drawing(model, drawing):
+    if drawing is not None:
+        return drawing
+    if not has_wiring(model):
+        raise TypeError(f"{type(model).__name__} has no bimt wiring: draw a BioMLP, a model given "
+                        "one by bimt.attach(module, spec), or its Wiring")
+    return drawing_of(wiring_of(model))
+
+
+def plot_graph(model, ax=None, input_labels=None, output_labels=None, title: str | None = None, *,
+               drawing: Drawing | None = None, max_linewidth: float | None = None,
+               min_fraction: float | None = None, show_labels="auto", token_labels=None,
+               row_labels="auto", modules: bool = True, legend: bool = True,
+               highlight: dict | None = None, fold_gap: float = FOLD_GAP,
+               neuron_size: float | None = None, fontsize: float | None = None,
+               positive=POSITIVE_COLOR, negative=NEGATIVE_COLOR, figsize=None, dpi: float = 100):
+    """Draw the paper's 2D connectivity graph of any model with a wiring; returns the Figure.
 
     Parameters
     ----------
-    model : anything :func:`bimt.wiring_of` accepts whose weights form one chain of groups.
+    model : anything :func:`bimt.wiring_of` accepts.
     ax : draw into these axes (their figure is returned); default: a new figure.
     input_labels, output_labels : names of the inputs / outputs in *interface* order (default:
-        the model's ``input_labels`` / ``output_labels``, else ``x1..xn`` / ``y1..ym``). Each
-        slot shows the name of the input it currently holds. For token models
-        ``input_labels`` may name the token rows instead (one per token).
+        the model's, else ``x1..`` / ``y1..``); each slot shows the name of the feature it holds.
+        For token models ``input_labels`` may name the token rows instead.
     title : axes title.
-    max_linewidth : width in points of the strongest weight of each layer (default 2, or 1
-        when a layer is wider than 64 neurons).
-    min_fraction : skip weights below this fraction of their layer's max|w|. Default: draw all
-        weights (as the paper), except for big models (> 20,000 weights), where 1e-3.
-    show_labels : True, False or "auto" (label interface layers of at most 100 neurons).
-    token_labels : names of the token rows of a folded input layer (default "token 1", ...).
-    fold_gap : vertical offset between the rows of a folded layer (layers are 1 apart).
-    neuron_size, fontsize : dot area and label size (default: from the layer widths).
+    drawing : the :class:`~bimt.models.drawing.Drawing` to render (default: the model's view).
+    max_linewidth : width in points of the strongest weight of each tensor (default 2, or 1
+        when a row is wider than 64 neurons).
+    min_fraction : skip weights below this fraction of their tensor's max|w|. Default: draw all
+        (as the paper), except for big models (> 20,000 weights), where 1e-3.
+    show_labels : True, False or "auto" (label interface rows of at most 100 neurons).
+    token_labels : names of the rows of a folded input (default "token 1", ...).
+    row_labels : name every row at its left: True, False or "auto" (when the drawing has
+        residual streams or several rows on one level).
+    modules : colour neurons by module; legend : a key to the edge colours and modules.
+    highlight : ``{group: [slots]}`` circled (a circuit, say).
+    fold_gap : vertical offset between the copies of a folded row (rows are 1 apart).
+    neuron_size, fontsize : dot area and label size (default: from the row widths).
     positive, negative : colours of positive and negative weights.
 
-    Grid and ring layers are drawn in slot order along x; use :func:`plot_graph_3d` for them.
+    Grid and ring rows are drawn in slot order along x; use :func:`plot_graph_3d` for them.
     """
-    view = model if isinstance(model, LayeredView) else layered_view(model)
-    sizes, folds = view.sizes, view.folds
+    drawing = _drawing(model, drawing)
+    wiring = wiring_of(model)
+    rows = drawing.rows
+    pos = neuron_positions(drawing, fold_gap)
+    sizes = [r.size for r in rows]
+    total = sum(e.W.size for e in drawing.edges)
     if min_fraction is None:
-        min_fraction = 1e-3 if sum(W.size for W in view.weights) > BIG_MODEL_WEIGHTS else 0.0
+        min_fraction = 1e-3 if total > BIG_MODEL_WEIGHTS else 0.0
     if max_linewidth is None:
         max_linewidth = MAX_LINEWIDTH if max(sizes) <= 64 else MAX_LINEWIDTH / 2
+    fig, ax = _figure(ax, figsize or graph_figsize(drawing, fold_gap), dpi)
 
-    # neuron positions: one (x, y) per neuron f * n + s
-    xs, ys = [], []
-    for i, (c, f) in enumerate(zip(view.coords, folds)):
-        x = _x_positions(c)
-        xs.append(np.tile(x, f))
-        ys.append(np.repeat(i - fold_gap * np.arange(f), len(x)))
-    fig = _figure(ax, figsize or _graph_figsize(view, fold_gap), dpi)
-    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    for a, b in drawing.streams:  # the skip connections: each neuron to its next state
+        seg = np.stack([pos[a][:rows[a].size], pos[b][:rows[b].size]], 1)
+        ax.add_collection(weight_collection(seg, np.ones(len(seg)), 0.6, 1.0, STREAM_COLOR,
+                                            STREAM_COLOR, zorder=0, gid="streams"))
+    for i, e in enumerate(drawing.edges):
+        keep = keep_mask(e.W, min_fraction)
+        o, k = _entries(drawing, e, keep)
+        a, b = pos[e.inp][k], pos[e.out][o]
+        w, scale = e.W.reshape(-1)[keep], float(np.abs(e.W).max()) if e.W.size else 0.0
+        if e.out == e.inp:  # recurrent: arcs, self-connections as loops
+            self_loop = o == k
+            paths = np.concatenate([_arcs(a[~self_loop], b[~self_loop]), _loops(a[self_loop])])
+            w = np.concatenate([w[~self_loop], w[self_loop]])
+            ax.add_collection(weight_collection(paths, w, max_linewidth, scale, positive, negative,
+                                                alpha=0.85, zorder=1, gid=f"weights-{i}"))
+        else:
+            ax.add_collection(weight_collection(np.stack([a, b], 1), w, max_linewidth, scale,
+                                                positive, negative, zorder=1, gid=f"weights-{i}"))
 
-    for i, W in enumerate(view.weights):
-        keep = keep_mask(W, min_fraction)
-        o, k = np.divmod(np.flatnonzero(keep), W.shape[1])
-        seg = np.stack(
-            [np.stack([xs[i][k], ys[i][k]], 1), np.stack([xs[i + 1][o], ys[i + 1][o]], 1)], 1
-        )
-        scale = float(np.abs(W).max())
-        ax.add_collection(weight_collection(
-            seg.reshape(-1, 2, 2), W.reshape(-1)[keep], max_linewidth, scale, positive,
-            negative, zorder=1, gid=f"weights-{i}",
-        ))
+    colours = _module_colors(wiring) if modules else {}
+    seen = set()
+    for r, p in zip(rows, pos):
+        s = neuron_size if neuron_size is not None else float(np.clip(600.0 / max(r.size, 1), 1.0, 25.0))
+        c = [colours.get((r.group, slot % r.size), NEURON_COLOR) for slot in range(len(p))]
+        gid = f"neurons-{r.group}" if r.group not in seen else f"neurons-{r.name}"
+        seen.add(r.group)
+        ax.scatter(p[:, 0], p[:, 1], s=s, c=c, zorder=3, linewidths=0, gid=gid)
+        if r.heads > 1:
+            _head_boxes(ax, r, p, fold_gap)
+    if highlight:
+        for r, p in zip(rows, pos):
+            slots = [s for s in highlight.get(r.group, []) if s < r.size]
+            if slots:
+                ax.scatter(p[slots, 0], p[slots, 1], s=90, facecolors="none", edgecolors="gold",
+                           linewidths=1.5, zorder=4, gid="highlight")
 
-    for i, name in enumerate(view.names):
-        s = neuron_size if neuron_size is not None else float(np.clip(600.0 / max(sizes[i], 1), 1.0, 25.0))
-        ax.scatter(xs[i], ys[i], s=s, c=NEURON_COLOR, zorder=3, linewidths=0, gid=f"neurons-{name}")
-
-    xmin = min(x.min() for x in xs)
-    xmax = max(x.max() for x in xs)
+    allp = np.concatenate(pos)
+    (xmin, ymin), (xmax, ymax) = allp.min(0), allp.max(0)
     pad_x = 0.04 * (xmax - xmin) if xmax > xmin else 0.5
-    ybot, ytop = float(ys[0].min()), float(ys[-1].max())
+    if any(e.out == e.inp for e in drawing.edges):
+        pad_x += 0.06  # room for the recurrent arcs
     ax.set_xlim(xmin - pad_x, xmax + pad_x)
-    ax.set_ylim(ybot - 0.5, ytop + 0.5)
+    ax.set_ylim(ymin - 0.5, ymax + 0.5)
     ax.set_axis_off()
     if title is not None:
         ax.set_title(title)
-
-    # labels
-    def wanted(n: int) -> bool:
-        if show_labels == "auto":
-            return n <= MAX_AUTO_LABELS
-        return bool(show_labels)
-
-    pts_per_unit = _points_per_unit(fig, ax)
-    if view.tokens or folds[0] > 1:
-        names = token_labels
-        if names is None and input_labels is not None and len(input_labels) == folds[0]:
-            names = input_labels
-        if names is None:
-            names = [f"token {f + 1}" for f in range(folds[0])]
-        if len(names) != folds[0]:
-            raise ValueError(f"{len(names)} token labels for {folds[0]} token rows")
-        if show_labels:
-            fs = fontsize or 8
-            for f, label in enumerate(names):
-                ax.text(float(xs[0].min()) - 0.6 * pad_x, -fold_gap * f, str(label), ha="right", va="center",
-                        fontsize=fs, gid="token-label", clip_on=False)
-    elif wanted(sizes[0]):
-        labels = _slot_labels(input_labels if input_labels is not None else view.input_labels,
-                              view.input_order, sizes[0], "x", "input")
-        _draw_labels(ax, xs[0], labels, ybot - 0.12, "top", "input-label", fontsize,
-                     pts_per_unit * _min_gap(xs[0]))
-    if wanted(sizes[-1]):
-        labels = _slot_labels(output_labels if output_labels is not None else view.output_labels,
-                              view.output_order, sizes[-1], "y", "output")
-        _draw_labels(ax, xs[-1][: sizes[-1]], labels, ytop + 0.12, "bottom", "output-label",
-                     fontsize, pts_per_unit * _min_gap(xs[-1][: sizes[-1]]))
+    _labels(ax, fig, drawing, pos, input_labels, output_labels, token_labels, show_labels,
+            row_labels, fontsize, pad_x)
+    if legend:
+        _legend(ax, positive, negative, colours, bool(drawing.streams))
     return fig
 
 
-def _graph_figsize(view: LayeredView, fold_gap: float = 0.22) -> tuple[float, float]:
-    """Default size (inches) of a 2D graph: wider for wider layers, taller for deeper nets."""
-    L = len(view.names) - 1
-    width = float(np.clip(1.4 + 0.2 * max(view.sizes), 4.0, 14.0))
-    height = 1.6 + 1.0 * L + fold_gap * (max(view.folds) - 1)
-    height = float(np.clip(max(height, 0.4 * width), 3.0, 11.0))
-    return width, height
+def _head_boxes(ax, row, p, fold_gap) -> None:
+    from matplotlib.collections import PatchCollection
+    from matplotlib.patches import Rectangle
+
+    d = row.size // row.heads
+    xs = p[:row.size, 0]
+    step = float(np.min(np.diff(np.sort(xs)))) if row.size > 1 else 0.1
+    boxes = []
+    for h in range(row.heads):
+        lo, hi = float(xs[h * d:(h + 1) * d].min()), float(xs[h * d:(h + 1) * d].max())
+        bottom = row.level - fold_gap * (row.fold - 1) - 0.09
+        boxes.append(Rectangle((lo - 0.4 * step, bottom), hi - lo + 0.8 * step,
+                               fold_gap * (row.fold - 1) + 0.18))
+    ax.add_collection(PatchCollection(boxes, facecolor="none", edgecolor="0.6", linewidth=0.6,
+                                      zorder=2, gid=f"heads-{row.name}"))
 
 
-def _figure(ax, figsize, dpi):
-    if ax is not None:
-        return ax.figure
-    return Figure(figsize=figsize, dpi=dpi, layout=None)
+def _labels(ax, fig, drawing, pos, input_labels, output_labels, token_labels, show_labels,
+            row_labels, fontsize, pad_x) -> None:
+    rows = drawing.rows
+    wanted = (lambda n: n <= MAX_AUTO_LABELS) if show_labels == "auto" else (lambda n: bool(show_labels))
+    pts_per_unit = _points_per_unit(fig, ax)
+    for r, p in zip(rows, pos):
+        if r.role == "tokens" or (r.role == "input" and r.fold > 1):  # token rows
+            names = token_labels
+            if names is None and input_labels is not None and len(input_labels) == r.fold:
+                names = input_labels
+            names = names or r.fold_names or [f"token {f + 1}" for f in range(r.fold)]
+            if len(names) != r.fold:
+                raise ValueError(f"{len(names)} token labels for {r.fold} token rows")
+            if show_labels:
+                for f, label in enumerate(names):
+                    ax.text(float(p[:, 0].min()) - 0.6 * pad_x, float(p[f * r.size, 1]), str(label),
+                            ha="right", va="center", fontsize=fontsize or 8, gid="token-label",
+                            clip_on=False)
+        elif r.role in ("input", "output") and wanted(r.size) and not r.spatial:
+            given = input_labels if r.role == "input" else output_labels
+            labels = _interface_labels(r, given, r.role)
+            if labels is None:
+                continue
+            x = p[:r.size, 0]
+            y = float(p[:, 1].min()) - 0.12 if r.role == "input" else float(p[:, 1].max()) + 0.12
+            _draw_labels(ax, x, labels, y, "top" if r.role == "input" else "bottom",
+                         f"{r.role}-label", fontsize, pts_per_unit * _min_gap(x))
+    levels = [r.level for r in rows]
+    if row_labels == "auto":
+        row_labels = bool(drawing.streams) or len(set(levels)) < len(levels)
+    if row_labels:
+        for r, p in zip(rows, pos):
+            ax.text(float(p[:, 0].min()) - 0.6 * pad_x, float(p[:r.size, 1].mean()), r.name,
+                    ha="right", va="center", fontsize=7, color="0.3", gid="row-label", clip_on=False)
+
+
+def _legend(ax, positive, negative, colours: dict, streams: bool) -> None:
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Line2D([], [], color=positive, lw=1.5, label="w > 0"),
+               Line2D([], [], color=negative, lw=1.5, label="w < 0")]
+    if streams:
+        handles.append(Line2D([], [], color=STREAM_COLOR, lw=1.5, label="residual stream"))
+    for k, colour in enumerate(dict.fromkeys(colours.values())):
+        handles.append(Patch(color=colour, label=f"module {_letter(k)}"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7,
+              frameon=False, handlelength=1.2)
+
+
+def _letter(k: int) -> str:
+    return chr(ord("A") + k) if k < 26 else f"M{k}"
 
 
 def _points_per_unit(fig, ax) -> float:
@@ -398,97 +354,59 @@ def _draw_labels(ax, x, labels, y, va, gid, fontsize, slot_pts):
                 rotation=90 if rotate else 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# 3D
-# ---------------------------------------------------------------------------------------------
-def _xy_positions(coords: np.ndarray) -> np.ndarray:
-    if coords.shape[1] >= 2:
-        return coords[:, :2]
-    return np.stack([coords[:, 0], np.full(coords.shape[0], 0.5)], 1)
+def plot_graph_3d(model, ax=None, output_labels=None, title: str | None = None, *,
+                  drawing: Drawing | None = None, input_labels=None, top_n: int | None = 600,
+                  min_fraction: float = 0.0, max_linewidth: float = 1.2, layer_gap: float = 1.0,
+                  fold_gap: float = 0.15, show_labels="auto", neuron_size: float | None = None,
+                  fontsize: float = 8, positive=POSITIVE_COLOR, negative=NEGATIVE_COLOR,
+                  elev: float = 20, azim: float = -60, figsize=(6, 7), dpi: float = 100, **_):
+    """Draw a model in 3D (the paper's Fig. 8); returns the Figure.
 
-
-def plot_graph_3d(
-    model,
-    ax=None,
-    output_labels=None,
-    title: str | None = None,
-    *,
-    input_labels=None,
-    top_n: int | None = 600,
-    min_fraction: float = 0.0,
-    max_linewidth: float = 1.2,
-    layer_gap: float = 1.0,
-    fold_gap: float = 0.15,
-    show_labels="auto",
-    neuron_size: float | None = None,
-    fontsize: float = 8,
-    positive=POSITIVE_COLOR,
-    negative=NEGATIVE_COLOR,
-    elev: float = 20,
-    azim: float = -60,
-    figsize=(6, 7),
-    dpi: float = 100,
-):
-    """Draw a layered model in 3D (the paper's Fig. 8); returns the Figure.
-
-    Neurons sit at ``(x, y, layer)`` with ``(x, y)`` the unit coordinates of grid and ring
-    layers (line layers at ``y = 0.5``). Each weight layer draws only its ``top_n`` strongest
-    weights (``None``: all) whose ``|w|`` is at least ``min_fraction`` of the layer's max, with
-    widths relative to the layer's max, so the MNIST model renders in about a second.
-    Outputs are labelled (following ``output_order``); inputs only when there are few.
+    Neurons sit at ``(x, y, level)`` with ``(x, y)`` the unit coordinates of grid and ring rows
+    (line rows at ``y = 0.5``). Each weight draws only its ``top_n`` strongest entries
+    (``None``: all) whose ``|w|`` is at least ``min_fraction`` of its max, with widths relative
+    to that max, so the MNIST model renders in about a second. Outputs are labelled (following
+    their order); inputs only when there are few.
     """
-    view = model if isinstance(model, LayeredView) else layered_view(model)
-    sizes, folds = view.sizes, view.folds
+    drawing = _drawing(model, drawing)
+    rows = drawing.rows
     pts = []
-    for i, (c, f) in enumerate(zip(view.coords, folds)):
-        xy = _xy_positions(c)
-        z = np.repeat(i * layer_gap - fold_gap * np.arange(f), len(xy))
-        pts.append(np.column_stack([np.tile(xy, (f, 1)), z]))
-
-    fig = _figure(ax, figsize, dpi)
-    if ax is None:
-        ax = fig.add_subplot(1, 1, 1, projection="3d")
-    elif getattr(ax, "name", "") != "3d":
+    for r in rows:
+        z = np.repeat(r.level * layer_gap - fold_gap * np.arange(r.fold), r.size)
+        pts.append(np.column_stack([np.tile(r.xy, (r.fold, 1)), z]))
+    fig, ax = _figure(ax, figsize, dpi, projection="3d")
+    if getattr(ax, "name", "") != "3d":
         raise ValueError("plot_graph_3d needs 3D axes (projection='3d')")
     from mpl_toolkits.mplot3d.art3d import Line3DCollection
 
-    for i, W in enumerate(view.weights):
-        keep = keep_mask(W, min_fraction, top_n)
-        o, k = np.divmod(np.flatnonzero(keep), W.shape[1])
-        seg = np.stack([pts[i][k], pts[i + 1][o]], 1)
+    for i, e in enumerate(drawing.edges):
+        keep = keep_mask(e.W, min_fraction, top_n)
+        o, k = _entries(drawing, e, keep)
         ax.add_collection3d(weight_collection(
-            seg, W.reshape(-1)[keep], max_linewidth, float(np.abs(W).max()), positive,
-            negative, collection_class=Line3DCollection, gid=f"weights-{i}",
-        ))
-    for i, name in enumerate(view.names):
-        p = pts[i]
-        s = neuron_size if neuron_size is not None else float(np.clip(200.0 / sizes[i], 0.5, 12.0))
+            np.stack([pts[e.inp][k], pts[e.out][o]], 1), e.W.reshape(-1)[keep], max_linewidth,
+            float(np.abs(e.W).max()), positive, negative, collection_class=Line3DCollection,
+            gid=f"weights-{i}"))
+    for r, p in zip(rows, pts):
+        s = neuron_size if neuron_size is not None else float(np.clip(200.0 / r.size, 0.5, 12.0))
         ax.scatter(p[:, 0], p[:, 1], p[:, 2], s=s, c=NEURON_COLOR, depthshade=False,
-                   linewidths=0, alpha=0.6 if sizes[i] > 200 else 1.0, gid=f"neurons-{name}")
-
-    def wanted(n):
-        return n <= 30 if show_labels == "auto" else bool(show_labels)
-
-    top = pts[-1]
-    if wanted(sizes[-1]):
-        labels = _slot_labels(output_labels if output_labels is not None else view.output_labels,
-                              view.output_order, sizes[-1], "y", "output")
-        center = top[: sizes[-1], :2].mean(0)
-        for p, label in zip(top[: sizes[-1]], labels):
-            d = p[:2] - center
-            norm = np.linalg.norm(d)
-            off = 0.07 * d / norm if norm > 1e-9 else np.zeros(2)
-            # drawn above every edge (zorder beats the depth-sorted collections) on a white box
-            ax.text(p[0] + off[0], p[1] + off[1], p[2] + 0.08, label, fontsize=fontsize,
-                    ha="center", va="bottom", gid="output-label", zorder=1000,
-                    bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
-    if not view.tokens and folds[0] == 1 and wanted(sizes[0]):
-        labels = _slot_labels(input_labels if input_labels is not None else view.input_labels,
-                              view.input_order, sizes[0], "x", "input")
-        for p, label in zip(pts[0], labels):
-            ax.text(p[0], p[1], p[2] - 0.1, label, fontsize=fontsize, ha="center", va="top",
-                    gid="input-label")
-
+                   linewidths=0, alpha=0.6 if r.size > 200 else 1.0, gid=f"neurons-{r.name}")
+    wanted = (lambda n: n <= 30) if show_labels == "auto" else (lambda n: bool(show_labels))
+    for r, p in zip(rows, pts):
+        if r.role == "output" and wanted(r.size):
+            labels = _interface_labels(r, output_labels, "output") or []
+            center = p[:r.size, :2].mean(0)
+            for q, label in zip(p[:r.size], labels):
+                d = q[:2] - center
+                norm = np.linalg.norm(d)
+                off = 0.07 * d / norm if norm > 1e-9 else np.zeros(2)
+                # drawn above every edge (zorder beats the depth-sorted collections) on a white box
+                ax.text(q[0] + off[0], q[1] + off[1], q[2] + 0.08, label, fontsize=fontsize,
+                        ha="center", va="bottom", gid="output-label", zorder=1000,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85))
+        elif r.role == "input" and r.fold == 1 and wanted(r.size):
+            for q, label in zip(p, _interface_labels(r, input_labels, "input") or []):
+                ax.text(q[0], q[1], q[2] - 0.1, label, fontsize=fontsize, ha="center", va="top",
+                        gid="input-label")
     allp = np.concatenate(pts)
     lo, hi = allp.min(0), allp.max(0)
     ax.set_xlim(min(lo[0], 0.0), max(hi[0], 1.0))
@@ -566,8 +484,7 @@ def plot_decision_boundary(
     from matplotlib.colors import ListedColormap
 
     colors = [CLASS_COLORS[c % len(CLASS_COLORS)] for c in range(n_classes)]
-    fig = _figure(ax, figsize, dpi)
-    ax = ax if ax is not None else fig.add_subplot(1, 1, 1)
+    fig, ax = _figure(ax, figsize, dpi)
     ax.imshow(cls.reshape(resolution, resolution), origin="lower", extent=(lo[0], hi[0], lo[1], hi[1]),
               cmap=ListedColormap(colors), vmin=-0.5, vmax=n_classes - 0.5, alpha=region_alpha,
               interpolation="nearest", aspect="auto", gid="regions")
@@ -592,44 +509,3 @@ def plot_decision_boundary(
     return fig
 
 
-# ---------------------------------------------------------------------------------------------
-# The channel graph of a convolutional network (the ``channels`` view, bimt.BioCNN): one row per
-# group, one line per pair of neurons; a conv kernel ``w[o, i, :, :]`` and all the spatial
-# positions (folds) a channel feeds into the first linear layer are summed into one signed
-# number, drawn as plot_graph draws a layer's weight.
-# ---------------------------------------------------------------------------------------------
-@torch.no_grad()
-def channel_view(model) -> LayeredView:
-    """The network as a :class:`LayeredView` of slot-to-slot matrices (kernels and folds
-    summed); its charged weights must form one chain of groups."""
-    wiring = wiring_of(model)
-    module, spec = wiring.module, wiring.spec
-    nxt = {spec.weight_groups(n)[1]: n for n in spec.weights()}
-    outs = {spec.weight_groups(n)[0] for n in spec.weights()}
-    starts = [g for g in nxt if g not in outs]
-    if len(starts) != 1 or len(nxt) != len(spec.weights()):
-        raise ValueError("the channels view draws a chain of layers; this spec's weights are not one")
-    names, mats = [starts[0]], []
-    while names[-1] in nxt:
-        name = nxt[names[-1]]
-        out_g, in_g = spec.weight_groups(name)
-        if out_g in names:
-            raise ValueError("the model's weights form a cycle; the channels view cannot draw it")
-        W = tensor(module, name).detach().to("cpu", torch.float64)
-        W = W.reshape(W.shape[0], W.shape[1], -1).sum(2)  # over the kernel
-        W = spec.to_slots(name, W)
-        mats.append(W.numpy())
-        names.append(out_g)
-
-    def order(group):
-        t = wiring.order(group)
-        return None if t is None else t.detach().cpu().numpy().astype(np.int64)
-
-    return LayeredView(names, [spec.groups[g].coords for g in names], [1] * len(names), mats,
-                       order(names[0]), order(names[-1]), wiring.input_labels,
-                       wiring.output_labels, False)
-
-
-def plot_channels(model, ax=None, **kw) -> Figure:
-    """Draw the channel graph (see the module docstring); ``kw`` go to :func:`plot_graph`."""
-    return plot_graph(channel_view(model), ax=ax, **kw)

@@ -26,11 +26,10 @@ computed when the page is rendered, so an edited template still matches) and for
 fetch: if markup ever slipped in, it could neither run nor call out. The policy travels with
 the page into Jupyter's ``srcdoc`` iframe.
 
-Everything the page needs from a model comes from :func:`_read_network`, the one place that
-knows model types (through ``wiring_of(model).view``: a layered network via
-:func:`bimt.viz.graph.layered_view`, or a ``BioTransformer``). Reading a run directory (its
-checkpoint, history and test-set evaluator) is :mod:`bimt.view`'s job, above both ``runs`` and
-``viz``.
+Everything the page needs from a model comes from its view's drawing
+(:func:`bimt.models.drawing.drawing_of`, as the PNG graph does): rows, weights, residual
+streams. Reading a run directory (its checkpoint, history and test-set evaluator) is
+:mod:`bimt.training.view`'s job, above both ``training.runs`` and ``viz``.
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .graph import FOLD_GAP, neuron_positions
+
 __all__ = ["Report", "report", "build_data", "render_html", "MAX_EDGES"]
 
 #: Most edges drawn per weight matrix and snapshot (the strongest are kept).
@@ -57,105 +58,42 @@ MAX_EDGES = 1000
 MIN_Q = 3
 #: At most this many modules get a knock-out row (the largest).
 MAX_MODULES = 12
-FOLD_GAP = 0.22  # vertical offset of the rows of a folded layer (token rows)
-QKV_OFFSET = 0.16
 
 
 # -------------------------------------------------------------------------------------------
 # Reading the network (the only model-type-specific part)
 # -------------------------------------------------------------------------------------------
-def _unit_x(coords: np.ndarray) -> np.ndarray:
-    if coords.shape[1] == 1:
-        return coords[:, 0].astype(float)
-    n = coords.shape[0]
-    return (np.arange(n) + 0.5) / n
-
-
-def _slot_labels(labels, order, n):
-    if labels is None or len(labels) != n:
-        return None
-    order = range(n) if order is None else [int(k) for k in order]
-    return [str(labels[k]) for k in order]
-
-
 def _read_network(model) -> dict:
-    """Rows of neurons, weight matrices between them, labels and importances, as plain arrays.
+    """Rows of neurons, weight matrices between them, labels and importances, as plain arrays,
+    from the model's view (:func:`bimt.models.drawing.drawing_of`).
 
-    Returns ``{"kind": "2d"|"3d"|"transformer", "rows": [...], "blocks": [...],
+    Returns ``{"kind": "2d"|"3d", "rows": [...], "blocks": [...], "streams": [...],
     "importance": {group: array}}``. A row is ``{"name", "group", "fold", "level", "xy" (n, 2),
-    "offsets" (fold,), "labels" (per slot or None)}``; neuron ``f * n + s`` of a row's tensor
-    axis is drawn at slot ``s``, fold row ``f``. A block is ``{"name", "out", "in", "W"}`` with
-    row indices and the ``(out, in)`` matrix.
+    "offsets" (fold,), "labels" (per slot or None), "heads"}``; neuron ``f * n + s`` of a
+    block's axis is drawn at slot ``s``, fold row ``f`` (from the block's first fold). A block
+    is ``{"name", "out", "inp", "W", "out_fold", "in_fold"}``; a stream joins a row to its next
+    state.
     """
     from ..analysis import neuron_scores
-
     from ..models import wiring_of
+    from ..models.drawing import drawing_of
 
-    wiring = wiring_of(model)
-    spec = wiring.spec
-    rows, blocks = [], []
-    if wiring.view == "transformer":  # BioTransformer: the paper's Fig. 7 rows, every block
-        kind = "transformer"
-        model = wiring.module
-
-        def row(group, level, name, fold=1, offsets=(0.0,), labels=None):
-            c = np.asarray(spec.groups[group].coords, dtype=float)
-            x = _unit_x(c)
-            rows.append(dict(name=name, group=group, fold=fold, level=level,
-                             xy=np.stack([x, np.full_like(x, 0.5)], 1),
-                             offsets=list(offsets), labels=labels))
-            return len(rows) - 1
-
-        def W(linear):
-            return linear.weight.detach().to("cpu", torch.float64).numpy()
-
-        io = model.input_order.detach().cpu().numpy()
-        oo = model.output_order.detach().cpu().numpy()
-        r_in = row("input", 0, "input", labels=_slot_labels(wiring.input_labels, io, len(io)))
-        r_prev = row("resid", 1, "Embed")
-        blocks.append(dict(name="embed", out=r_prev, inp=r_in, W=W(model.embed)))
-        level = 1
-        for b, blk in enumerate(model.blocks):
-            r_att = row(f"attn{b}", level + 1, f"Atn{b}", 3, [-QKV_OFFSET, 0.0, QKV_OFFSET])
-            blocks.append(dict(name=f"blocks.{b}.attn.qkv", out=r_att, inp=r_prev, W=W(blk.attn.qkv)))
-            r_res1 = row("resid", level + 2, f"Res{2 * b + 1}")
-            # the output projection reads the V neurons (fold 2 of the attention row)
-            Wp = W(blk.attn.proj)
-            d = Wp.shape[1]
-            full = np.zeros((Wp.shape[0], 3 * d))
-            full[:, 2 * d:] = Wp
-            blocks.append(dict(name=f"blocks.{b}.attn.proj", out=r_res1, inp=r_att, W=full))
-            r_mlp = row(f"mlp{b}", level + 3, f"MLP{b}")
-            blocks.append(dict(name=f"blocks.{b}.mlp.fc1", out=r_mlp, inp=r_res1, W=W(blk.mlp.fc1)))
-            r_res2 = row("resid", level + 4, f"Res{2 * b + 2}")
-            blocks.append(dict(name=f"blocks.{b}.mlp.fc2", out=r_res2, inp=r_mlp, W=W(blk.mlp.fc2)))
-            r_prev, level = r_res2, level + 4
-        r_out = row("output", level + 1, "output",
-                    labels=_slot_labels(wiring.output_labels, oo, len(oo)))
-        blocks.append(dict(name="unembed", out=r_out, inp=r_prev, W=W(model.unembed)))
-    elif wiring.view == "rnn":
-        raise ValueError("bimt view draws layered networks, CNN channel graphs and transformers; "
-                         "for a recurrent network see its graph.png (bimt plot)")
-    else:  # a layered network (a CNN as its channel graph)
-        from .graph import channel_view, layered_view
-
-        view = channel_view(model) if wiring.view == "channels" else layered_view(model)
-        kind = "3d" if any(c.shape[1] >= 2 for c in view.coords) else "2d"
-        for i, (g, c, f) in enumerate(zip(view.names, view.coords, view.folds)):
-            c = np.asarray(c, dtype=float)
-            xy = c[:, :2] if kind == "3d" and c.shape[1] >= 2 else \
-                np.stack([_unit_x(c), np.full(len(c), 0.5)], 1)
-            labels = None
-            if i == 0 and not view.tokens:
-                labels = _slot_labels(view.input_labels, view.input_order, len(c))
-            elif i == len(view.names) - 1:
-                labels = _slot_labels(view.output_labels, view.output_order, len(c))
-            rows.append(dict(name=g, group=g, fold=f, level=i, xy=xy,
-                             offsets=[-FOLD_GAP * k for k in range(f)], labels=labels))
-        for i, Wm in enumerate(view.weights):
-            blocks.append(dict(name=f"{view.names[i]}->{view.names[i + 1]}", out=i + 1, inp=i, W=Wm))
+    drawing = drawing_of(wiring_of(model))
+    kind = "3d" if drawing.three_d else "2d"
+    pos = neuron_positions(drawing, FOLD_GAP)
+    rows = []
+    for r, p in zip(drawing.rows, pos):
+        xy = r.xy if kind == "3d" else np.stack([p[:r.size, 0], np.full(r.size, 0.5)], 1)
+        labels = r.labels if r.role in ("input", "output") and r.fold == 1 else None
+        rows.append(dict(name=r.name, group=r.group, fold=r.fold, level=r.level, xy=xy,
+                         offsets=[-FOLD_GAP * k for k in range(r.fold)], labels=labels,
+                         heads=r.heads, role=r.role,
+                         dz=np.round(p[:r.size, 1] - r.level, 5).tolist() if r.spatial else None))
+    blocks = [dict(name=e.name, out=e.out, inp=e.inp, W=e.W, out_fold=e.out_fold, in_fold=e.in_fold)
+              for e in drawing.edges]
     importance = {g: np.asarray(v, dtype=float) for g, v in neuron_scores(model).items()}
-    return dict(kind=kind, rows=rows, blocks=blocks, importance=importance)
+    return dict(kind=kind, rows=rows, blocks=blocks, streams=[list(s) for s in drawing.streams],
+                importance=importance)
 
 
 def _modules_and_knockouts(model, evaluate, accuracy):
@@ -264,10 +202,10 @@ def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report
     rows = []
     for r in final["rows"]:
         rows.append({"name": r["name"], "group": r["group"], "fold": r["fold"],
-                     "level": r["level"], "offsets": r["offsets"],
-                     "xy": np.round(r["xy"], 5).tolist()})
-    blocks = [{"name": b["name"], "out": b["out"], "in": b["inp"],
-               "shape": list(b["W"].shape)} for b in final["blocks"]]
+                     "level": r["level"], "offsets": r["offsets"], "role": r["role"],
+                     "heads": r["heads"], "dz": r["dz"], "xy": np.round(r["xy"], 5).tolist()})
+    blocks = [{"name": b["name"], "out": b["out"], "in": b["inp"], "shape": list(b["W"].shape),
+               "out_fold": b["out_fold"], "in_fold": b["in_fold"]} for b in final["blocks"]]
     blobs: list[bytes] = []
     frames, offset = [], 0
     snaps = list(snapshots or [])
@@ -285,6 +223,7 @@ def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report
     modules, knock = _modules_and_knockouts(model, evaluate, accuracy)
     return _json_safe({
         "title": title, "kind": final["kind"], "rows": rows, "blocks": blocks,
+        "streams": final["streams"],
         "frames": frames, "blob": base64.b64encode(b"".join(blobs)).decode("ascii"),
         "modules": modules, "knockout": knock, "history": _history_columns(history),
         "metrics": metrics or {}, "snapshots_stored": bool(snaps),
