@@ -315,7 +315,8 @@ def hostile_runs(tmp_path_factory, trap):
             state["config"]["task"] = edited.name  # and config.json too, as an editor would
             (run / "config.json").write_text(json.dumps(state["config"]))
         torch.save(state, run / "checkpoint.pt")
-        expected.append((run, dict(title=f"{run.name}: {name} [bimt, seed 0]", metrics=metrics,
+        what = f"{name} [bimt, seed 0]"  # the directory's name only when it adds something
+        expected.append((run, dict(title=what if name in run.name else f"{run.name}: {what}", metrics=metrics,
                                    groups=[g_in, g_hid, g_out] if run is run_a else None,
                                    history=list(history[0]))))
     yield expected

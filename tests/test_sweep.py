@@ -150,3 +150,15 @@ def test_ray_worker_killed_mid_trial_keeps_finished_trials(tmp_path):
     row = next(r for r in rows if r["trial"] == name)
     for k in ("test_loss", "test_acc", "modularity", "module_crossings"):
         assert row[k] == clean[k], k
+
+
+def test_pareto_front_and_plot_leave_infeasible_trials_out(tmp_path):
+    from bimt.experiments.sweep import _pareto_plot
+
+    rows = [dict(test_loss=0.01, modularity=0.9, feasible=False),
+            dict(test_loss=0.1, modularity=0.5, feasible=True),
+            dict(test_loss=0.2, modularity=0.6, feasible=True),
+            dict(test_loss=0.5, modularity=0.2, feasible=True)]
+    assert pareto_front(rows) == [1, 2]  # the infeasible row would dominate both
+    _pareto_plot(tmp_path, rows)
+    assert (tmp_path / "pareto.png").exists()

@@ -18,11 +18,11 @@ from bimt.tasks import (
     Data,
     Task,
     get_task,
-    load_mnist,
     register_task,
     task_from_arrays,
     task_from_function,
 )
+from bimt.tasks.data import load_mnist
 from bimt.training.config import TrainConfig
 from bimt.training.loop import fit as train
 
@@ -434,6 +434,9 @@ def test_load_mnist_images_and_labels_must_agree(tmp_path):
     ("label10", "label 12; MNIST labels are 0 to 9"),
     ("small", "10x10 images; MNIST images are 28x28"),
     ("badgz", "cannot be read"),
+    ("zero", "holds no images: its header counts 0"),
+    ("short", r"is truncated: its header announces \(6, 28, 28\)"),
+    ("trailing", "has 5 bytes after the 4,704 its header announces"),
 ])
 def test_load_mnist_bad_files_name_the_problem(tmp_path, case, match):
     _fake_mnist(tmp_path / "m", gz=False)
@@ -446,6 +449,11 @@ def test_load_mnist_bad_files_name_the_problem(tmp_path, case, match):
         labels.write_bytes(_idx(np.array([1, 12, 3, 4, 5, 6])))
     elif case == "small":
         images.write_bytes(_idx(np.zeros((6, 10, 10))))
+    elif case == "zero":
+        images.write_bytes(_idx(np.zeros((0, 28, 28))))
+    elif case in ("short", "trailing"):
+        raw = _idx(np.zeros((6, 28, 28)))
+        images.write_bytes(raw[:-10] if case == "short" else raw + b"\x00" * 5)
     else:
         images.unlink()
         (tmp_path / "m" / (STEMS["Xtr"] + ".gz")).write_bytes(b"not gzip at all")

@@ -315,3 +315,13 @@ def test_pruning_frontier_x_axis_is_log_scaled():
     assert fig.axes[0].get_xscale() == "symlog" and fig.axes[0].get_yscale() == "log"
     fig = plot_pruning_frontier([(0, 1.0), (10, 0.1)], logx=False)
     assert fig.axes[0].get_xscale() == "linear"
+
+
+def test_pruning_frontier_has_no_negative_tick():
+    from bimt.viz import plot_pruning_frontier
+
+    fig = plot_pruning_frontier([(0, 1.0), (10, 0.1), (500, 0.01)])
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    lo, hi = ax.get_xlim()
+    assert lo == 0 and all(t >= 0 for t in ax.get_xticks() if lo <= t <= hi)

@@ -187,7 +187,6 @@ class _Allowed(_LazyChoices):
 def _build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    task_default = "default: the task's (see bimt tasks)"
     p = _Parser(prog="bimt", description="Brain-Inspired Modular Training")
     p.add_argument("--version", action="version", version=f"bimt {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import networkx as nx
-import torch
 from torch import nn
 
 from ..models.wiring import has_wiring, wiring_of

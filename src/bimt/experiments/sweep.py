@@ -210,14 +210,15 @@ def _run_ray(trials, address, out: Path) -> list[dict]:
 
 
 def pareto_front(rows, x="test_loss", y="modularity") -> list[int]:
-    """Indices of rows no other row beats on both lower ``x`` and higher ``y``."""
+    """Indices of the feasible rows no other feasible row beats on both lower ``x`` and higher
+    ``y`` (a row without a ``feasible`` entry counts as feasible)."""
+    ok = [r for r in rows if r.get(x) is not None and r.get(y) is not None and r.get("feasible", True)]
     front = []
     for i, r in enumerate(rows):
-        if r.get(x) is None or r.get(y) is None:
+        if not any(r is o for o in ok):
             continue
         dominated = any(
-            o.get(x) is not None and o.get(y) is not None and o[x] <= r[x] and o[y] >= r[y]
-            and (o[x] < r[x] or o[y] > r[y]) for o in rows
+            o[x] <= r[x] and o[y] >= r[y] and (o[x] < r[x] or o[y] > r[y]) for o in ok
         )
         if not dominated:
             front.append(i)
@@ -249,24 +250,31 @@ def _write(out: Path, rows, names, objective, maximize, constraint, backend) -> 
 
 
 def _pareto_plot(out: Path, rows) -> None:
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     from ..viz._io import Figure, save_figure
 
-    pts = [(r["test_loss"], r["modularity"]) for r in rows
-           if r.get("test_loss") is not None and r.get("modularity") is not None
-           and math.isfinite(r["test_loss"])]
-    if not pts:
+    shown = [r for r in rows if r.get("test_loss") is not None and r.get("modularity") is not None
+             and math.isfinite(r["test_loss"])]
+    if not shown:
         return
     fig = Figure(figsize=(5, 3.6))
     ax = fig.add_subplot(1, 1, 1)
-    ax.scatter(*zip(*pts), s=18, color="0.6", label="trials")
+    for feasible, style in ((True, dict(s=18, color="0.45", label="trials")),
+                            (False, dict(s=22, marker="x", color="0.7", label="infeasible (constraint)"))):
+        pts = [(r["test_loss"], r["modularity"]) for r in shown if bool(r.get("feasible", True)) == feasible]
+        if pts:
+            ax.scatter(*zip(*pts), **style)
     front = sorted((rows[i]["test_loss"], rows[i]["modularity"]) for i in pareto_front(rows))
     if front:
-        ax.plot(*zip(*front), "o-", color="C3", label="Pareto front")
-    losses = [p[0] for p in pts]
+        ax.plot(*zip(*front), "o-", color="C3", label="Pareto front (feasible)")
+    losses = [r["test_loss"] for r in shown]
     if min(losses) > 0 and max(losses) / min(losses) > 10:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, numticks=6))
+        ax.xaxis.set_minor_formatter(NullFormatter())  # no overprinted minor labels
     ax.set_xlabel("test loss")
     ax.set_ylabel("modularity")
-    ax.legend(frameon=False)
+    ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     save_figure(fig, out / "pareto.png")

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from ..core.settings import CostSettings
+from . import Data, Task, paper, register_task
 
 __all__ = ["two_stream_arrays", "goal_inference_arrays", "rnn_model", "cnn_model",
            "TWO_STREAM_DEFAULTS", "GOAL_INFERENCE_DEFAULTS", "CNN_MNIST_DEFAULTS"]
@@ -116,3 +117,27 @@ CNN_MNIST_DEFAULTS = dict(
     lambda_schedule=[[1e-4, 1], [1e-3, 2]], A=2.0, y_star=0.5, top_k=8, swap_every=200,
     reduction="sum", eval_every=500,
 )
+
+
+# -- beyond the paper: BioRNN and BioCNN tasks (data and models in bimt/taskspy) ------
+
+
+def _from_arrays(make):
+    return lambda seed, data_dir=None: Data(*make(seed))
+
+
+register_task(Task(
+    "two-stream", "BioRNN: running sum of stream a and delayed copy of stream b (modular by "
+    "construction)", "regression", _from_arrays(two_stream_arrays),
+    rnn_model(2, 2, "grid"), TWO_STREAM_DEFAULTS,
+))
+register_task(Task(
+    "goal-inference", "BioRNN: remember a goal cell on a 3x3 grid, then choose the move that "
+    "reaches it (after seRNN's one-step inference task)", "classification",
+    _from_arrays(goal_inference_arrays), rnn_model(18, 4, "grid"),
+    GOAL_INFERENCE_DEFAULTS, predict=lambda out: out[:, -1],
+))
+register_task(Task(
+    "cnn-mnist", "MNIST digits with a small CNN whose channels are neurons (same data as mnist)",
+    "classification", paper._mnist, cnn_model, CNN_MNIST_DEFAULTS,
+))

@@ -47,7 +47,13 @@ def report(run, title: str | None = None) -> Report:
     metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
     return _report(model, snapshots=state.get("snapshots", []), history=history, metrics=metrics,
                    evaluate=evaluate, accuracy=accuracy,
-                   title=title or f"{run_dir.name}: {cfg.task} [{cfg.method}, seed {cfg.seed}]")
+                   title=title or _title(run_dir, cfg))
+
+
+def _title(run_dir: Path, cfg) -> str:
+    """``task [method, seed N]``, and the directory's name when it says something more."""
+    what = f"{cfg.task} [{cfg.method}, seed {cfg.seed}]"
+    return what if cfg.task in run_dir.name else f"{run_dir.name}: {what}"
 
 
 def write_report(run_dir, path=None) -> Path:

@@ -45,6 +45,7 @@ def plot_pruning_frontier(frontiers, ax=None, logy: bool = True, title: str | No
         ax.set_yscale("log")
     if logx:
         ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlim(left=0)  # no count is negative: no -10^0 tick from the axis margin
     ax.set_xlabel("unpruned parameters")
     ax.set_ylabel("loss")
     if title:
