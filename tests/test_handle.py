@@ -115,7 +115,7 @@ def test_a_spec_missing_a_bias_is_refused_naming_it():
 
 
 def test_a_spec_with_a_wrong_axis_size_is_refused_naming_it():
-    with pytest.raises(ValueError, match=r"axis 0 of 'a1\.weight' has length 6, which is not a multiple"):
+    with pytest.raises(ValueError, match=r"axis 0 of 'a1\.weight' has length 6, which is not a positive multiple"):
         attach(TwoBranch(), two_branch_spec(hidden_a=4))
 
 

@@ -89,3 +89,43 @@ def test_untangle_resolves_two_crossed_modules():
     assert torch.allclose(untangled(x), y0, atol=1e-6)
     assert report.cost_after <= report.cost_before
     assert report.cost_after <= bimt.wiring_of(exact).connection_cost.total(exact) + 1e-12
+
+
+def test_ctrl_c_during_an_untangle_commit_waits_for_the_whole_layout(monkeypatch):
+    """A layout cheaper as a whole can cost more with one group moved alone, so the pass commits
+    all its groups in one critical section: a Ctrl-C arriving after the first group is raised
+    only when every group has moved; the network ends in the chosen layout, never in between."""
+    import os
+    import signal
+
+    import pytest
+
+    import bimt.core.swap.core as core
+
+    for seed in range(100):  # a sparse network whose untangled layout moves several groups
+        torch.manual_seed(seed)
+        reference = BioMLP([4, 8, 8, 3], A=1.0, y_star=0.1)
+        _sparsify(reference, 0.25, seed)
+        interrupted = copy.deepcopy(reference)
+        want = copy.deepcopy(reference).swap(None, "untangle")
+        if len([g for g, n in want.moved.items() if n]) >= 2:
+            break
+    assert len([g for g, n in want.moved.items() if n]) >= 2  # the commit spans several groups
+    x = torch.rand(16, 4)
+    y0 = reference(x)
+    reference.swap(None, "untangle")
+    real, calls = core._commit, []
+
+    def interrupt_after_first(*a, **k):  # a Ctrl-C right after the first group is committed
+        real(*a, **k)
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(core, "_commit", interrupt_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.swap(None, "untangle")
+    assert len(calls) == len(want.permutations)  # every group moved before the interrupt
+    for k, v in state(reference).items():
+        assert torch.equal(v, state(interrupted)[k]), k
+    assert torch.allclose(interrupted(x), y0, atol=1e-6)

@@ -281,10 +281,10 @@ class PermutationSpec:
                 if g is None:
                     continue
                 n = self.groups[g].size
-                if t.shape[dim] % n:
+                if t.shape[dim] % n or t.shape[dim] == 0:
                     raise ValueError(
                         f"axis {dim} of {name!r} has length {t.shape[dim]}, which is not a "
-                        f"multiple (fold) of group {g!r}'s {n} neurons"
+                        f"positive multiple (fold) of group {g!r}'s {n} neurons"
                     )
         if isinstance(module, dict):
             return

@@ -259,13 +259,23 @@ def load_model(run_dir: str | os.PathLike, model: nn.Module | None = None) -> tu
     """
     config, state = read_run(run_dir, model)
     where = Path(run_dir) / "checkpoint.pt"
+    try:
+        return _rebuild(config, state, model, where, run_dir)
+    except (TypeError, IndexError, AttributeError, KeyError, RuntimeError) as e:
+        # the checkpoint is data from outside: whatever in it does not fit is one line, not a trace
+        message = " ".join(str(e).split())[:200] or type(e).__name__
+        raise ValueError(f"{where} cannot be rebuilt into its model ({type(e).__name__}: "
+                         f"{message})") from None
+
+
+def _rebuild(config, state, model, where, run_dir):
     if config.task == MODULE_TASK:
         record = state.get("wiring")
         if record is None:
             raise ValueError(f"{run_dir} trained a module but its checkpoint keeps no wiring")
         if model is None:
             model = WeightsOnly(state["model"])
-            restore_wiring(model, record, check=False)
+            restore_wiring(model, record)
         else:
             if not has_wiring(model):
                 restore_wiring(model, record)
@@ -294,8 +304,8 @@ def _load_weights(model: nn.Module, weights: dict, where: Path) -> None:
 
 
 def restore_wiring(model: nn.Module, record: dict, check: bool = True) -> None:
-    """Give ``model`` the wiring a checkpoint recorded (its spec, settings, view and labels);
-    ``check=False`` for a :class:`WeightsOnly` module, which holds the tensors and no code."""
+    """Give ``model`` the wiring a checkpoint recorded (its spec, settings, view and labels),
+    checked against the model's tensors (``check=False`` skips that)."""
     spec, settings = spec_from_dict(record["spec"]), CostSettings(**record["settings"])
     labels = dict(view=record["view"], input_labels=record["input_labels"],
                   output_labels=record["output_labels"])
@@ -345,8 +355,17 @@ def write_metrics(run_dir, metrics: dict) -> None:
 
 
 def read_metrics(run_dir) -> dict | None:
+    """``metrics.json`` as a dict (``None`` when the run has none), or one line on what is wrong."""
     path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        metrics = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ValueError(f"{path} is not readable JSON ({type(e).__name__})") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} must hold a JSON object of metrics, got a {type(metrics).__name__}")
+    return metrics
 
 
 def say(progress: bool, what: str) -> None:

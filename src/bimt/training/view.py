@@ -8,10 +8,9 @@ themselves draw with :mod:`bimt.viz`.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
-from .runs import load_checkpoint, run_evaluator
+from .runs import read_metrics, read_run, run_evaluator
 from ..viz.report import Report
 from ..viz.report import report as _report
 
@@ -41,10 +40,9 @@ def report(run, title: str | None = None) -> Report:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run directory {run_dir} does not exist")
     model, cfg, evaluate, accuracy = run_evaluator(run_dir)
-    state = load_checkpoint(run_dir / "checkpoint.pt")
+    _, state = read_run(run_dir)
     history = state.get("history") or _read_history_csv(run_dir / "history.csv")
-    mpath = run_dir / "metrics.json"
-    metrics = json.loads(mpath.read_text()) if mpath.exists() else {}
+    metrics = read_metrics(run_dir) or {}
     return _report(model, snapshots=state.get("snapshots", []), history=history, metrics=metrics,
                    evaluate=evaluate, accuracy=accuracy,
                    title=title or _title(run_dir, cfg))

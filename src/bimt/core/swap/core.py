@@ -16,7 +16,7 @@ from ..settings import DEFAULT_SWAP_MODE as DEFAULT_MODE
 from ..spec import PermutationSpec, tensor
 
 __all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
-           "register_solver", "swap_modes", "DEFAULT_MODE"]
+           "register_solver", "swap_modes", "DEFAULT_MODE", "deferred_interrupts"]
 
 # A swap must lower the cost by more than this fraction of the group's largest placement cost;
 # it keeps float rounding from shuffling neurons whose placements cost the same.
@@ -127,7 +127,37 @@ def _commit(module, spec, group, pos, optimizer, report) -> None:
     report.moved[group] = int((report.permutations[group] != np.arange(len(perm))).sum())
 
 
-@torch.no_grad()
+class deferred_interrupts:
+    """A critical section: Ctrl-C (SIGINT) arriving inside is held back and raised as
+    ``KeyboardInterrupt`` when the section ends, so a permutation is applied to every axis of
+    its group, or to none (half a permutation would change what the network computes).
+    Re-entrant; a no-op outside the main thread, where Python delivers no signals anyway."""
+
+    _depth = 0
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._owner = (deferred_interrupts._depth == 0
+                       and threading.current_thread() is threading.main_thread())
+        deferred_interrupts._depth += 1
+        if self._owner:
+            self._caught = []
+            self._previous = signal.signal(signal.SIGINT, lambda *a: self._caught.append(a))
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        deferred_interrupts._depth -= 1
+        if self._owner:
+            signal.signal(signal.SIGINT, self._previous)
+            if self._caught and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
+
+
 def apply_permutation(
     module: nn.Module,
     spec: PermutationSpec,
@@ -135,7 +165,14 @@ def apply_permutation(
     perm,
     optimizer: torch.optim.Optimizer | Iterable[torch.optim.Optimizer] | None = None,
 ) -> None:
-    """Move the neuron at old slot ``perm[s]`` of ``group`` to slot ``s``, everywhere it appears."""
+    """Move the neuron at old slot ``perm[s]`` of ``group`` to slot ``s``, everywhere it appears
+    (every tensor axis, gradient and optimizer state; uninterruptible by Ctrl-C)."""
+    with deferred_interrupts():
+        _apply_permutation(module, spec, group, perm, optimizer)
+
+
+@torch.no_grad()
+def _apply_permutation(module, spec, group, perm, optimizer) -> None:
     n = spec.groups[group].size
     perm = torch.as_tensor(np.asarray(perm), dtype=torch.long)
     if perm.shape != (n,) or not torch.equal(perm.sort().values, torch.arange(n)):

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..crossings import THRESHOLD, crossings, layers_of, slot_modules
-from .core import REL_TOL, PassState, apply_permutation
+from .core import REL_TOL, PassState, apply_permutation, deferred_interrupts
 from .exact import exact_positions
 
 __all__ = ["solve"]
@@ -107,10 +107,14 @@ def solve(state: PassState, threshold: float = THRESHOLD) -> None:
 
     affordable = [c for c in candidates if c[1] <= start]
     best = min(affordable, key=lambda c: (c[0] if c[0] is not None else 0, c[1]))
-    for g, perm in best[2].items():
-        pos = np.empty_like(perm)
-        pos[perm] = np.arange(len(perm))  # neuron now at slot j goes to slot pos[j]
-        state.commit(g, pos, int((perm != np.arange(len(perm))).sum()))
+    # The chosen layout is cheaper as a whole, not group by group (one group moved alone can
+    # cost more than the start), so it is committed in one critical section: a Ctrl-C waits
+    # until every group has moved, and no intermediate layout is ever left behind.
+    with deferred_interrupts():
+        for g, perm in best[2].items():
+            pos = np.empty_like(perm)
+            pos[perm] = np.arange(len(perm))  # neuron now at slot j goes to slot pos[j]
+            state.commit(g, pos, int((perm != np.arange(len(perm))).sum()))
 
 
 def _orders(labels: dict, layers, spec) -> list[tuple[int, ...]]:
