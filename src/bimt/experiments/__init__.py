@@ -1,0 +1,1 @@
+"""Experiments built on runs: ``bimt reproduce``, ``bimt sweep`` and ``bimt bench``."""

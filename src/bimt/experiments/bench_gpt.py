@@ -1,0 +1,155 @@
+"""Swap passes and training steps at GPT shapes, each against a baseline run in the same process.
+
+* ``gpt.swap_ms``: one greedy pass (top-k 30) over every group of a BioGPT with GPT-2-small
+  shapes (12 layers, d 768, 12 heads, MLP 3072, vocabulary 50,257, 124M parameters, float32),
+  beside ``gpt.floor_ms``: one read of every parameter (the sum of each), the least any pass
+  that looks at every weight must spend, and ``gpt.abs_sum_ms``: the sum of ``|W|`` over
+  every parameter (their L1 norms); ``gpt.swap_over_floor`` and ``gpt.swap_over_abs_sum``
+  are the ratios.
+* ``gpt.exact_s``: one exact pass on the same model (greedy moves, then a linear assignment
+  per group: 3072 x 3072 for each MLP layer).
+* ``gpt.step_overhead``: a training step (forward, loss, backward, the cost's gradient, AdamW,
+  and a greedy pass every ``swap_every`` steps, its time spread over them) against the same
+  step without the cost and the swaps, on a 4-layer d-256 BioGPT, batch 16 x 128 tokens.
+
+Everything runs on one thread (as ``bimt bench``), and each number is the best of a few
+repeats, the two sides of a ratio measured in turns so that machine load hits both alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from ..cost import CostSettings
+from ..models.gpt import BioGPT
+from ..swap import swap_pass
+
+__all__ = ["gpt2_small", "bench_gpt_swap", "bench_gpt_exact", "bench_gpt_step",
+           "run_gpt_benchmarks", "read_floor_s"]
+
+#: The cost settings of the benchmark models (the paper's transformer run).
+SETTINGS = CostSettings(A=2.0, y_star=0.5)
+
+
+def gpt2_small(seed: int = 0) -> BioGPT:
+    """A BioGPT with GPT-2 small's shapes, GPT-2's initialisation drawn from ``seed``."""
+    torch.manual_seed(seed)
+    return BioGPT(50257, n_positions=1024, d_model=768, n_layers=12, n_heads=12,
+                  settings=SETTINGS)
+
+
+def read_floor_s(model: torch.nn.Module, repeats: int = 3, absolute: bool = False) -> float:
+    """Seconds for one read of every parameter: the sum of each (``absolute``: of its
+    magnitudes, the L1 norm), in float32 without copies."""
+    params = [p.detach() for p in model.parameters()]
+    read = (lambda p: torch.linalg.vector_norm(p, 1)) if absolute else torch.sum
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for p in params:
+            read(p)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _timed_pass(model, top_k, mode) -> tuple[float, object]:
+    m = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    report = swap_pass(m, m.spec, m.wiring.connection_cost, top_k, mode)
+    return time.perf_counter() - t0, report
+
+
+def bench_gpt_swap(top_k: int = 30, repeats: int = 3, model: BioGPT | None = None) -> dict:
+    """One greedy pass over every group of GPT-2 small, against one read of its parameters."""
+    model = model or gpt2_small()
+    swap_pass(copy.deepcopy(model), model.spec, model.wiring.connection_cost, top_k)  # caches
+    passes, floors, l1s, report = [], [], [], None
+    for _ in range(repeats):  # in turns, so that drifts in load hit all three alike
+        floors.append(read_floor_s(model, 1))
+        l1s.append(read_floor_s(model, 1, absolute=True))
+        seconds, report = _timed_pass(model, top_k, "greedy")
+        passes.append(seconds)
+    swap_s, floor_s, l1_s = min(passes), min(floors), min(l1s)
+    return {"gpt.swap_ms": swap_s * 1e3, "gpt.floor_ms": floor_s * 1e3,
+            "gpt.abs_sum_ms": l1_s * 1e3, "gpt.swap_over_floor": swap_s / floor_s,
+            "gpt.swap_over_abs_sum": swap_s / l1_s, "gpt.swap_top_k": top_k,
+            "gpt.swaps": report.swaps, "gpt.cost_before": report.cost_before,
+            "gpt.cost_after_greedy": report.cost_after}
+
+
+def bench_gpt_exact(top_k: int = 30, model: BioGPT | None = None) -> dict:
+    """One exact pass over every group of GPT-2 small."""
+    model = model or gpt2_small()
+    seconds, report = _timed_pass(model, top_k, "exact")
+    return {"gpt.exact_s": seconds, "gpt.cost_after_exact": report.cost_after}
+
+
+def bench_gpt_step(steps: int = 6, swap_every: int = 200, top_k: int = 30, lam: float = 1e-3,
+                   batch: int = 16, seq: int = 128, repeats: int = 3) -> dict:
+    """A training step with the cost's gradient and amortised swaps against the plain step."""
+    torch.manual_seed(0)
+    model = BioGPT(256, n_positions=seq, d_model=256, n_layers=4, n_heads=4, settings=SETTINGS)
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(256, (batch, seq + 1), generator=g)
+    x, y = tokens[:, :-1], tokens[:, 1:]
+    cost = model.wiring.connection_cost
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(with_cost: bool) -> None:
+        opt.zero_grad(set_to_none=False)
+        logits = model(x)
+        torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                          y.reshape(-1)).backward()
+        if with_cost:
+            cost.add_grad_(model, lam)
+        opt.step()
+
+    def timed(with_cost: bool) -> float:
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            step(with_cost)
+            times.append(time.perf_counter() - t0)
+        return float(np.median(times))
+
+    step(True)  # first-call costs (optimizer state, cached distances) off the clock
+    swap_pass(model, model.spec, cost, top_k, optimizer=opt)
+    plain, with_cost, swap = [], [], []
+    for _ in range(repeats):  # in turns, so that drifts in load hit both sides alike
+        plain.append(timed(False))
+        with_cost.append(timed(True))
+        t0 = time.perf_counter()
+        swap_pass(model, model.spec, cost, top_k, optimizer=opt)
+        swap.append(time.perf_counter() - t0)
+    p, c, s = min(plain), min(with_cost), min(swap)
+    bimt = c + s / swap_every
+    return {"gpt.step_plain_ms": p * 1e3, "gpt.step_cost_ms": c * 1e3,
+            "gpt.step_swap_ms": s * 1e3, "gpt.step_swap_every": swap_every,
+            "gpt.step_overhead": bimt / p}
+
+
+def run_gpt_benchmarks(exact: bool = True, step: bool = True) -> dict:
+    """Every GPT benchmark on one thread; a flat dict of what was measured."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = gpt2_small()
+        results = bench_gpt_swap(model=model)
+        if exact:
+            results.update(bench_gpt_exact(model=model))
+        del model
+        if step:
+            results.update(bench_gpt_step())
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+if __name__ == "__main__":  # python -m bimt.experiments.bench_gpt
+    import json
+
+    print(json.dumps(run_gpt_benchmarks(), indent=1))
