@@ -531,3 +531,8 @@ register_task(Task(
     "cnn-mnist", "MNIST digits with a small CNN whose channels are neurons (same data as mnist)",
     "classification", _mnist, _extra.cnn_model, _extra.CNN_MNIST_DEFAULTS,
 ))
+
+
+# Until this module becomes the package bimt/tasks/, its new files (bimt/tasks/language.py)
+# import as submodules of it.
+__path__ = [str(Path(__file__).with_suffix(""))]
