@@ -16,13 +16,13 @@ _LAZY_MODULES = ("analysis", "batched", "bench", "geometry", "reproduce", "runs"
 _LAZY_NAMES = {"TrainConfig": "config", "load_model": "runs", "Task": "tasks", "task_from_arrays": "tasks",
                "task_from_function": "tasks", "register_task": "tasks",
                "ConnectionCost": "cost", "CostSettings": "cost", "BioMLP": "models", "BioRNN": "models", "BioCNN": "models",
-               "BioTransformer": "models", "Wiring": "models", "attach": "models",
+               "BioTransformer": "models", "BioGPT": "models", "Wiring": "models", "attach": "models",
                "wiring_of": "models", "Group": "spec", "PermutationSpec": "spec",
                "SOLVERS": "swap", "SwapReport": "swap", "apply_permutation": "swap",
                "register_solver": "swap", "swap_pass": "swap"}
 
 __all__ = [
-    "BioCNN", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
+    "BioCNN", "BioGPT", "BioMLP", "BioRNN", "BioTransformer", "ConnectionCost", "CostSettings", "Group", "PermutationSpec",
     "SwapReport", "Wiring", "apply_permutation", "attach", "wiring_of", "geometry", "swap_pass",
     "register_solver", "SOLVERS", "fit", "fit_many", "TrainConfig", "load_model", "Task", "task_from_arrays",
     "task_from_function", "register_task", "analysis", "viz", "tasks", "runs",

@@ -291,7 +291,7 @@ def find_circuit(model, data, metric: Callable, threshold: float = 0.2, neurons:
     module = spatial_module(model, chosen, module_threshold) if chosen else {
         "one_module": False, "connected": False, "contiguous": False, "slots": {}}
     prev = previous_token_scores(model, data)
-    induct = induction_scores(model, data) if hasattr(data, "period") else None
+    induct = induction_scores(model, data) if torch.is_tensor(getattr(data, "period", None)) else None
     scores = {}
     for (layer, head), value in np.ndenumerate(prev):
         scores[f"L{layer}.h{head}"] = {"previous_token": float(value)}
