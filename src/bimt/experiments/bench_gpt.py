@@ -10,10 +10,12 @@
   per group: 3072 x 3072 for each MLP layer).
 * ``gpt.step_overhead``: a training step (forward, loss, backward, the cost's gradient, AdamW,
   and a greedy pass every ``swap_every`` steps, its time spread over them) against the same
-  step without the cost and the swaps, on a 4-layer d-256 BioGPT, batch 16 x 128 tokens.
+  step without the cost and the swaps, on a 4-layer d-256 BioGPT (byte vocabulary, 256), batch
+  16 x 128 tokens.
 
-Everything runs on one thread (as ``bimt bench``), and each number is the best of a few
-repeats, the two sides of a ratio measured in turns so that machine load hits both alike.
+Everything runs on one thread (as ``bimt bench``); times are the best (passes) or the median
+(steps) of a few repeats, the two sides of a ratio measured in turns so that machine load hits
+both alike.
 """
 
 from __future__ import annotations
@@ -88,9 +90,15 @@ def bench_gpt_exact(top_k: int = 30, model: BioGPT | None = None) -> dict:
     return {"gpt.exact_s": seconds, "gpt.cost_after_exact": report.cost_after}
 
 
-def bench_gpt_step(steps: int = 6, swap_every: int = 200, top_k: int = 30, lam: float = 1e-3,
-                   batch: int = 16, seq: int = 128, repeats: int = 3) -> dict:
-    """A training step with the cost's gradient and amortised swaps against the plain step."""
+def bench_gpt_step(pairs: int = 8, swap_every: int = 200, top_k: int = 30, lam: float = 1e-3,
+                   batch: int = 16, seq: int = 128, swaps: int = 3) -> dict:
+    """A training step with the cost's gradient and amortised swaps against the plain step.
+
+    The two kinds of step alternate (in ABBA order), so drifts in machine load hit both alike;
+    the overhead is the median, over the ``pairs`` pairs, of a pair's cost step over its plain
+    step, plus a greedy pass (top-k ``top_k``, moving the optimizer's state; median of
+    ``swaps``) spread over ``swap_every`` plain steps.
+    """
     torch.manual_seed(0)
     model = BioGPT(256, n_positions=seq, d_model=256, n_layers=4, n_heads=4, settings=SETTINGS)
     g = torch.Generator().manual_seed(1)
@@ -99,7 +107,8 @@ def bench_gpt_step(steps: int = 6, swap_every: int = 200, top_k: int = 30, lam: 
     cost = model.wiring.connection_cost
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
-    def step(with_cost: bool) -> None:
+    def step(with_cost: bool) -> float:
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=False)
         logits = model(x)
         torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
@@ -107,29 +116,27 @@ def bench_gpt_step(steps: int = 6, swap_every: int = 200, top_k: int = 30, lam: 
         if with_cost:
             cost.add_grad_(model, lam)
         opt.step()
-
-    def timed(with_cost: bool) -> float:
-        times = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            step(with_cost)
-            times.append(time.perf_counter() - t0)
-        return float(np.median(times))
+        return time.perf_counter() - t0
 
     step(True)  # first-call costs (optimizer state, cached distances) off the clock
     swap_pass(model, model.spec, cost, top_k, optimizer=opt)
-    plain, with_cost, swap = [], [], []
-    for _ in range(repeats):  # in turns, so that drifts in load hit both sides alike
-        plain.append(timed(False))
-        with_cost.append(timed(True))
+    plain, with_cost = [], []
+    for i in range(pairs):
+        order = (False, True) if i % 2 == 0 else (True, False)
+        for kind in order:
+            (with_cost if kind else plain).append(step(kind))
+    swap = []
+    for _ in range(swaps):
         t0 = time.perf_counter()
         swap_pass(model, model.spec, cost, top_k, optimizer=opt)
         swap.append(time.perf_counter() - t0)
-    p, c, s = min(plain), min(with_cost), min(swap)
-    bimt = c + s / swap_every
+    p, c, s = (float(np.median(v)) for v in (plain, with_cost, swap))
+    # each pair's two steps ran back to back: the median of their ratios is the least
+    # disturbed by load that changes between pairs
+    ratio = float(np.median(np.array(with_cost) / np.array(plain)))
     return {"gpt.step_plain_ms": p * 1e3, "gpt.step_cost_ms": c * 1e3,
             "gpt.step_swap_ms": s * 1e3, "gpt.step_swap_every": swap_every,
-            "gpt.step_overhead": bimt / p}
+            "gpt.step_overhead": ratio + s / swap_every / p}
 
 
 def run_gpt_benchmarks(exact: bool = True, step: bool = True) -> dict:
