@@ -182,17 +182,24 @@ class LineSide:
         """``C[js[r], P[r, c]]`` of this side: each neuron at its own list of slots."""
         js = np.asarray(js, dtype=int)
         P = np.asarray(P, dtype=int)
-        Wr = torch.from_numpy(self._group_rows(js))
-        m = Wr.shape[1]
         y = torch.from_numpy(self.y)
-        c0 = torch.zeros(len(js), m + 1, dtype=torch.float64)
-        c1 = torch.zeros(len(js), m + 1, dtype=torch.float64)
-        c0[:, 1:] = torch.cumsum(Wr, 1)
-        c1[:, 1:] = torch.cumsum(Wr * y, 1)
-        xq = torch.from_numpy(self.x[P])
         idx = torch.from_numpy(np.searchsorted(self.y, self.x[P].ravel()).reshape(P.shape))
-        T0, T1 = c0[:, -1:], c1[:, -1:]
-        F = xq * (2.0 * c0.gather(1, idx) - T0) + T1 - 2.0 * c1.gather(1, idx)
+        every = np.array_equal(js, np.arange(len(self.x)))
+        if self.rows or not every:
+            Wr = torch.from_numpy(self.W if every else self._group_rows(js))
+            dim, Wy, at = 1, Wr * y, idx
+        else:  # W (m, n): prefix sums down its rows, no transposed copy
+            Wr = torch.from_numpy(self.W)
+            dim, Wy, at = 0, Wr * y[:, None], idx.T
+        c0, c1 = torch.cumsum(Wr, dim), torch.cumsum(Wy, dim)
+        # the sum over the first idx entries (none when idx is 0)
+        below = lambda c: torch.where(at > 0, c.gather(dim, (at - 1).clamp(min=0)), 0.0)
+        L0, L1 = below(c0), below(c1)
+        T0, T1 = c0.select(dim, -1), c1.select(dim, -1)
+        if dim == 0:
+            L0, L1 = L0.T, L1.T
+        T0, T1 = T0[:, None], T1[:, None]
+        F = torch.from_numpy(self.x[P]) * (2.0 * L0 - T0) + T1 - 2.0 * L1
         return (self.A * F + self.y_star * T0).numpy()
 
     def _group_rows(self, js) -> np.ndarray:
