@@ -22,7 +22,7 @@ _NAMES = {
     "ConnectionCost": "core.cost", "CostSettings": "core.cost", "Group": "core.spec",
     "PermutationSpec": "core.spec", "SOLVERS": "core.swap", "SwapReport": "core.swap",
     "apply_permutation": "core.swap", "register_solver": "core.swap", "swap_pass": "core.swap",
-    "BioMLP": "models", "BioRNN": "models", "BioCNN": "models", "BioTransformer": "models",
+    "BioMLP": "models", "BioRNN": "models", "BioCNN": "models", "BioTransformer": "models", "BioGPT": "models",
     "Wiring": "models", "attach": "models", "wiring_of": "models", "register_spec_builder": "models",
 }
 

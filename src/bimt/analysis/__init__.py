@@ -11,7 +11,9 @@ spec)`` pair (a run directory's model: ``bimt.load_model(run)``). One module per
 * :mod:`.probes` - neurons that carry a quantity, token embeddings, the in-context residual
   stream (Figs. 5-7);
 * :mod:`.report` - :func:`summary`, one digest;
-* :mod:`.paths` - which output a path of kept weights reaches from which input.
+* :mod:`.paths` - which output a path of kept weights reaches from which input;
+* :mod:`.circuits` - transformers by heads and MLP neurons: attention scores, knock-outs,
+  modules, :func:`find_circuit`.
 
 Neurons are named by *position*: ``(group name, slot)``, e.g. ``("layer1", 3)``. Slots are
 positions, not identities: after swaps, input or output slot ``s`` holds input
@@ -26,6 +28,7 @@ from .graph import (
     ACTIVE_THRESHOLD, MODULE_THRESHOLD, active_neurons, communities, crossings, find_modules,
     modularity, module_slots, neuron_scores, tree_roots, weight_graph,
 )
+from .circuits import find_circuit, unit_modules
 from .intervene import intervene, knockout_table
 from .paths import depends_only_on, input_output_paths
 from .probes import (
@@ -41,5 +44,5 @@ __all__ = [
     "pruning_frontier", "intervene", "knockout_table",
     "activations", "neuron_correlation", "best_neuron", "embedding_matrix",
     "in_context_weights", "residual_vs_weight", "summary", "input_output_paths", "depends_only_on",
-    "MODULE_THRESHOLD", "ACTIVE_THRESHOLD",
+    "MODULE_THRESHOLD", "ACTIVE_THRESHOLD", "find_circuit", "unit_modules",
 ]

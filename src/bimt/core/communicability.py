@@ -95,7 +95,10 @@ class CommunicabilityCost(ConnectionCost):
             float(self._recurrent_term(tensor(module, n).detach().to("cpu", torch.float64), n))
             for n in self.recurrent)
 
-    def placement_matrix(self, module, group, recurrent: bool = True) -> np.ndarray:
+    def placement(self, module, group, fast: bool = True):
+        return self.placement_matrix(module, group)
+
+    def placement_matrix(self, module, group, recurrent: bool = True, fast: bool = True) -> np.ndarray:
         raise NotImplementedError(
             "the sernn cost has no swaps (seRNN's units never move); judge swaps with a "
             "ConnectionCost"

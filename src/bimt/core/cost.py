@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .geometry import pairwise_distance
+from .placement import LineSide, Placement, abs_sum, add_abs_blocks, as_numpy
 from .settings import REDUCTIONS, CostSettings
 from .spec import PermutationSpec, tensor
 
@@ -48,14 +49,19 @@ class ConnectionCost:
         self.bias, self.reduction = settings.bias, settings.reduction
         self.distance_free = set(settings.distance_free)
         self._slot_distance: dict[str, np.ndarray] = {}
+        by_coords: dict[tuple, np.ndarray] = {}  # one matrix per pair of position sets
         for name in spec.weights():
             # in storage order (a transposed weight is (in, out)): the distance is symmetric
             out_g, in_g = (spec.groups[g] for g in spec.axes[name][:2])
-            if name in self.distance_free:
-                d = np.full((out_g.size, in_g.size), self.y_star)
-            else:
-                d = pairwise_distance(out_g.coords, in_g.coords, self.A, self.y_star, self.p)
-            self._slot_distance[name] = d
+            key = (name in self.distance_free, out_g.coords.tobytes(), out_g.coords.shape,
+                   in_g.coords.tobytes(), in_g.coords.shape)
+            if key not in by_coords:
+                if name in self.distance_free:
+                    by_coords[key] = np.full((out_g.size, in_g.size), self.y_star)
+                else:
+                    by_coords[key] = pairwise_distance(out_g.coords, in_g.coords, self.A,
+                                                       self.y_star, self.p)
+            self._slot_distance[name] = by_coords[key]
         self._cache: dict[tuple, object] = {}
         # per model: its charged tensors with their scales, looked up once (the hot path)
         self._resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -145,7 +151,65 @@ class ConnectionCost:
 
     # -- what the swap engine needs ---------------------------------------------------------
     @torch.no_grad()
-    def placement_matrix(self, module: nn.Module, group: str, recurrent: bool = True) -> np.ndarray:
+    def placement(self, module: nn.Module, group: str, fast: bool = True) -> Placement:
+        """``C[j, p]`` of ``group`` (see :meth:`placement_matrix`, ``recurrent=False``) as a
+        :class:`~bimt.core.placement.Placement`: the whole matrix, rows, columns or the
+        diagonal, each computed only when asked.
+
+        With the L1 norm (``p = 1``), weights between two groups on lines take the fast path
+        (prefix sums along the line, about one read of the weights); everything else, and every
+        tensor when ``fast=False``, the general product ``|W| @ D.T`` per tensor.
+        """
+        g = self.spec.groups[group]
+        n = g.size
+        # prefix sums need lines and folds laid out fold by fold (the default layout)
+        line = fast and self.p == 1 and g.coords.shape[1] == 1 and g.fold_order == "outer"
+        sides: dict[tuple, LineSide] = {}
+        dense = None
+        read = set()  # tensors whose |w| the line sides sum (unscaled: importance from them)
+        for name in self.spec.weights():
+            if name in self.distance_free:
+                continue
+            axes = self.spec.axes[name]
+            if axes[0] == group and axes[1] == group:
+                continue  # quadratic: added by placement_matrix or handled by the caller
+            for dim in (0, 1):
+                if axes[dim] != group:
+                    continue
+                t = tensor(module, name)
+                scale = 1.0 / t.numel() if self.reduction == "mean" else 1.0
+                other = self.spec.groups[axes[1 - dim]]
+                if line and other.coords.shape[1] == 1 and other.fold_order == "outer":
+                    key = (dim, other.coords.tobytes())  # groups at the same places add up
+                    if key not in sides:
+                        sides[key] = LineSide(g.coords[:, 0], other.coords[:, 0], dim == 0,
+                                              self.A, self.y_star)
+                    sides[key].add(as_numpy(t), scale)
+                    read.add(name)
+                    continue
+                w = t.detach().abs().to("cpu", torch.float64)
+                w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel: one pair
+                w = w if dim == 0 else w.T
+                w = self.spec.slot_sum(w, group, 0)  # neurons sharing a slot act as one
+                d = self._distance64(t.shape, name)
+                d = d.reshape(d.shape[0], d.shape[1])
+                d = d if dim == 0 else d.T
+                d = d[self.spec.entry_table(group, d.shape[0])[:, 0]]  # fold 0 of each slot
+                term = (w @ d.T) * scale
+                dense = term if dense is None else dense + term
+        lines = list(sides.values())
+        importance = None
+        if self.reduction == "sum" and lines:  # the sides hold sum |w| per slot already
+            rest = [k for k in self.spec.charges if k not in read]
+            importance = self.spec.importance(module, group, names=rest)
+            for side in lines:
+                importance += side.totals()[0]
+        return Placement(n, g.coords, lines, None if dense is None else dense.numpy(),
+                         importance)
+
+    @torch.no_grad()
+    def placement_matrix(self, module: nn.Module, group: str, recurrent: bool = True,
+                         fast: bool = True) -> np.ndarray:
         """``C[j, p]``: the cost of putting the neuron now at slot ``j`` of ``group`` at slot ``p``.
 
         Only the position-dependent part is kept (terms that do not depend on where the neuron
@@ -154,29 +218,10 @@ class ConnectionCost:
         ``group``) makes the cost quadratic in the placement: ``recurrent=True`` adds its
         linearisation (neuron ``j`` at ``p`` with every other neuron where it is now, see
         :func:`bimt.recurrent.recurrent_terms`); ``recurrent=False`` leaves it out.
+        ``fast=False`` computes every tensor's part as a matrix product (the reference the
+        line fast path of :meth:`placement` is tested against).
         """
-        n = self.spec.groups[group].size
-        C = torch.zeros(n, n, dtype=torch.float64)
-        for name in self.spec.weights():
-            if name in self.distance_free:
-                continue
-            axes = self.spec.axes[name]
-            if axes[0] == group and axes[1] == group:
-                continue  # quadratic: added below (recurrent=True) or handled by the caller
-            for dim in (0, 1):
-                if axes[dim] != group:
-                    continue
-                w = tensor(module, name).detach().abs().to("cpu", torch.float64)
-                w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)  # a conv kernel: one pair
-                w = w if dim == 0 else w.T
-                w = self.spec.slot_sum(w, group, 0)  # neurons sharing a slot act as one
-                d = self._distance64(tensor(module, name).shape, name)
-                d = d.reshape(d.shape[0], d.shape[1])
-                d = d if dim == 0 else d.T
-                d = d[self.spec.entry_table(group, d.shape[0])[:, 0]]  # fold 0 of each slot
-                scale = 1.0 / tensor(module, name).numel() if self.reduction == "mean" else 1.0
-                C += (w @ d.T) * scale
-        C = C.numpy()
+        C = self.placement(module, group, fast).matrix()
         if recurrent:
             from .recurrent import linearised, recurrent_terms
 
@@ -190,13 +235,30 @@ class ConnectionCost:
 
     @torch.no_grad()
     def total(self, module: nn.Module) -> float:
-        """The cost as a float, summed in float64 (for reports and comparisons)."""
+        """The cost as a float, summed in float64 (for reports and comparisons).
+
+        Weights joining the same two position sets are added up (``|w|`` at slot level, folds
+        summed) before meeting their distances, so a model of many equal layers reads each
+        weight once and multiplies by each distance matrix once.
+        """
         total = 0.0
+        pairs: dict[int, list] = {}  # id of a distance matrix -> [matrix, summed |w|]
         for name, kind in self.terms():
-            t = tensor(module, name).detach().abs().to("cpu", torch.float64)
-            norm = t.numel() if self.reduction == "mean" else 1
-            if kind == "weight":
-                total += float((t * self._distance64(t.shape, name)).sum()) / norm
-            else:
-                total += float(t.sum()) * self.y_star / norm
+            t = tensor(module, name)
+            scale = 1.0 / t.numel() if self.reduction == "mean" else 1.0
+            if kind != "weight" or name in self.distance_free:
+                total += abs_sum(t) * self.y_star * scale
+                continue
+            d = self._slot_distance[name]
+            entry = pairs.setdefault(id(d), [d, None])
+            g0, g1 = self.spec.axes[name][:2]
+            if self.spec.groups[g0].fold_order == self.spec.groups[g1].fold_order == "outer":
+                entry[1] = add_abs_blocks(entry[1], as_numpy(t), *d.shape, scale)
+            else:  # folds laid out head by head: each entry onto its slot
+                w = t.detach().abs().to("cpu", torch.float64)
+                w = w.reshape(w.shape[0], w.shape[1], -1).sum(2)
+                w = self.spec.slot_sum(self.spec.slot_sum(w, g0, 0), g1, 1).numpy() * scale
+                entry[1] = w if entry[1] is None else entry[1] + w
+        for d, w in pairs.values():
+            total += float(np.einsum("ij,ij->", w, d))
         return total

@@ -184,20 +184,31 @@ class PermutationSpec:
         return [n for n, g in self.groups.items() if not g.frozen]
 
     @torch.no_grad()
-    def importance(self, module, group: str) -> np.ndarray:
+    def importance(self, module, group: str, names=None) -> np.ndarray:
         """The paper's neuron score: each slot's summed ``|w|`` over every weight and embedding
-        entry it indexes (incoming plus outgoing, folds included; biases left out)."""
+        entry it indexes (incoming plus outgoing, folds included; biases left out).
+        ``names``: only these tensors (default: every charged one)."""
+        from .placement import abs_sums, as_numpy
+
         n = self.groups[group].size
-        score = torch.zeros(n, dtype=torch.float64)
+        score = np.zeros(n)
         for name, kind in self.charges.items():
-            if kind == "bias":
+            if kind == "bias" or (names is not None and name not in names):
                 continue
             for dim, g in enumerate(self.axes[name]):
                 if g != group:
                     continue
-                w = tensor(module, name).detach().abs().to("cpu", torch.float64).movedim(dim, 0)
-                score += self.slot_sum(w, group, 0).reshape(n, -1).sum(1)
-        return score.numpy()
+                t = tensor(module, name).detach()
+                if t.dim() == 2:  # summed in float64, in chunks, without a float64 copy
+                    sums = abs_sums(as_numpy(t), axis=1 - dim)
+                else:
+                    t = t.cpu()
+                    w = np.abs(t.numpy() if t.dtype in (torch.float32, torch.float64)
+                               else t.double().numpy())
+                    rest = tuple(d for d in range(w.ndim) if d != dim)
+                    sums = np.add.reduce(w, axis=rest, dtype=np.float64)
+                score += self.slot_sum(torch.from_numpy(np.ascontiguousarray(sums)), group, 0).numpy()
+        return score
 
     def interface(self) -> dict[str, str]:
         """``{group: "input" | "output"}``: the groups that are the module's interface.

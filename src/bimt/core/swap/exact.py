@@ -22,11 +22,15 @@ def solve(state: PassState) -> None:
             state.commit(g, pos, swaps)
             continue
         C = state.cost.placement_matrix(state.tensors, g)
+        start = float(np.trace(C))
         # a hair's preference for staying put, so neurons whose placements cost the same
         # (dead ones, say) are not shuffled for nothing
-        C -= REL_TOL * max(float(np.abs(C).max()), 1.0) * np.eye(len(C))
+        bonus = REL_TOL * max(float(np.abs(C).max()), 1.0)
+        C[np.diag_indices_from(C)] -= bonus
         pos = exact_positions(C, state.spec.groups[g].heads, state.spec.groups[g].rigid)
-        state.commit(g, pos, int((pos != np.arange(len(pos))).sum()))
+        moved = pos != np.arange(len(pos))
+        delta = float(C[np.arange(len(pos)), pos].sum()) + bonus * (len(pos) - moved.sum()) - start
+        state.commit(g, pos, int(moved.sum()), delta=delta)
 
 
 def exact_positions(C: np.ndarray, heads: int, rigid: bool = False) -> np.ndarray:
