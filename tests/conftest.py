@@ -97,7 +97,8 @@ def apply_report(module, spec, report, optimizer=None) -> None:
 
 # -- reference geometry (independent of bimt.core.geometry) ----------------------------------------
 def ref_coords(kind, n: int) -> list[tuple[float, ...]]:
-    """Unit positions of a layer, per DESIGN.md section 1."""
+    """Unit positions of a layer: ``n`` neurons at ``(j + 0.5) / n`` on a line, grids the outer
+    product of that line, rings of radius 1/4 around (1/2, 1/2) (README, "Geometry")."""
     if kind == "line":
         return [((j + 0.5) / n,) for j in range(n)]
     if kind == "grid":

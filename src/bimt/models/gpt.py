@@ -38,7 +38,8 @@ from ..core.checks import positive_int
 from ..core.settings import CostSettings
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
-from .transformer import CausalSelfAttention
+from .drawing import register_view
+from .transformer import CausalSelfAttention, transformer_drawing
 from .wiring import Wiring, WiredModule
 
 __all__ = ["BioGPT", "GPTBlock"]
@@ -86,7 +87,8 @@ class BioGPT(WiredModule):
     bias : linear layers (and LayerNorms) with biases.
     layout : ``line`` (default) for every group, or a mapping from group name (``resid``,
         ``attn0``, ``mlp0``, ...) to a layout; unnamed groups use lines.
-    settings : the connection cost's :class:`bimt.CostSettings`.
+    settings, **cost_settings : the connection cost's settings (:class:`bimt.CostSettings`, its
+        defaults when omitted), with any of its fields given as keywords on top (``A=2.0``).
 
     Initialisation follows GPT-2: normal(0, 0.02) weights and embeddings, zero biases, and the
     two projections that write the residual stream scaled by ``1 / sqrt(2 n_layers)``.
@@ -104,7 +106,8 @@ class BioGPT(WiredModule):
         layer_norm: bool = True,
         bias: bool = True,
         layout: str | Mapping = "line",
-        settings: CostSettings = CostSettings(),
+        settings: CostSettings | None = None,
+        **cost_settings,
     ):
         super().__init__()
         for what, v in (("vocab_size", vocab_size), ("n_positions", n_positions),
@@ -117,8 +120,9 @@ class BioGPT(WiredModule):
                 f"n_heads={n_heads} must divide d_model={d_model} (each head gets "
                 f"d_model / n_heads neurons); try d_model={n_heads * max(1, d_model // n_heads)}"
             )
-        if not isinstance(settings, CostSettings):
+        if settings is not None and not isinstance(settings, CostSettings):
             raise TypeError(f"settings must be a bimt.CostSettings, got {type(settings).__name__}")
+        settings = CostSettings.of(settings, **cost_settings)
         self.vocab_size, self.n_positions, self.d_model = vocab_size, n_positions, d_model
         self.n_layers, self.n_heads, self.mlp_ratio = n_layers, n_heads, mlp_ratio
         self.tie, self.layer_norm = bool(tie), bool(layer_norm)
@@ -133,7 +137,7 @@ class BioGPT(WiredModule):
         self.lm_head = None if tie else nn.Linear(d_model, vocab_size, bias=False)
         self._init_weights()
         self.spec = self._build_spec(layout, bias)
-        self.bimt = Wiring(self, self.spec, settings, view="graph",
+        self.bimt = Wiring(self, self.spec, settings, view="gpt",
                            probes={"residual_stream": "residual_stream",
                                    "attention_patterns": "attention_patterns"})
 
@@ -260,3 +264,6 @@ class BioGPT(WiredModule):
             f"d_model={self.d_model}, n_layers={self.n_layers}, n_heads={self.n_heads}, "
             f"mlp_ratio={self.mlp_ratio}, tie={self.tie}, layer_norm={self.layer_norm}"
         )
+
+
+register_view("gpt", transformer_drawing)  # the transformer's rows: embeddings, blocks, stream

@@ -56,7 +56,7 @@ from .mlp import make_activation
 from .drawing import Drawing, register_view, spec_drawing
 from .wiring import Wiring, WiredModule, restore_order
 
-__all__ = ["BioTransformer", "CausalSelfAttention", "TransformerBlock"]
+__all__ = ["BioTransformer", "CausalSelfAttention", "TransformerBlock", "transformer_drawing"]
 
 
 class CausalSelfAttention(nn.Module):
@@ -316,11 +316,12 @@ class BioTransformer(WiredModule):
         )
 
 
-def _figure7(wiring) -> Drawing:
-    """The paper's Fig. 7 rows: the inputs, the stream after the embedding ("Embed"), then per
-    block its attention neurons (q, k and v share a slot: three offset rows), the stream after
-    attention, the MLP neurons, the stream after the MLP ("Res1", "Res2", ...), the outputs.
-    The output projection reads the v neurons."""
+def transformer_drawing(wiring) -> Drawing:
+    """The paper's Fig. 7 rows for a spec with groups ``resid``, ``attn{b}`` (a joint qkv map,
+    ``blocks.{b}.attn.qkv``) and ``mlp{b}``: the inputs, the stream after the embedding
+    ("Embed"), then per block its attention neurons (q, k and v share a slot: three offset rows,
+    boxed head by head), the stream after attention, the MLP neurons, the stream after the MLP
+    ("Res1", "Res2", ...), the outputs. The output projection reads the v neurons."""
     n_blocks = sum(g.startswith("attn") for g in wiring.spec.groups)
     drawing = spec_drawing(
         wiring, fold_hints={f"blocks.{b}.attn.proj.weight": (0, 2) for b in range(n_blocks)},
@@ -336,4 +337,4 @@ def _figure7(wiring) -> Drawing:
     return drawing
 
 
-register_view("transformer", _figure7)
+register_view("transformer", transformer_drawing)

@@ -207,4 +207,4 @@ def task_from_function(
 
 
 
-from . import extra, paper  # noqa: E402,F401  (the built-in tasks register themselves)
+from . import extra, language, paper  # noqa: E402,F401  (the built-in tasks register themselves)

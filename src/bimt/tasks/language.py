@@ -31,6 +31,7 @@ The corpus is read once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import math
@@ -44,8 +45,11 @@ import torch.nn.functional as F
 __all__ = [
     "InductionBatch", "induction_data", "induction_accuracy", "next_token_loss",
     "STDLIB_MODULES", "TextCorpus", "stdlib_corpus", "text_sequences", "bits_per_char",
-    "BYTE_VOCAB",
+    "BYTE_VOCAB", "IGNORE",
 ]
+
+#: Target of a position the reported loss and accuracy leave out (cross-entropy's ignore index).
+IGNORE = -100
 
 BYTE_VOCAB = 256
 
@@ -191,3 +195,96 @@ def text_sequences(n: int, length: int, split: str = "train", seed: int = 0,
 def bits_per_char(logits: torch.Tensor, tokens: torch.Tensor) -> float:
     """Next-token loss in bits per character (byte)."""
     return float(next_token_loss(logits, tokens)) / math.log(2)
+
+
+# -- the registered tasks -------------------------------------------------------------------------
+# Both train on every next token (``Data.y_train_fit``) and report what the task is about: the
+# predictable tokens (induction) or the validation text (text-lm). Logits ``(batch, seq, vocab)``
+# are compared as ``(batch, vocab, seq)``, the layout cross-entropy takes; positions left out of
+# the reported numbers carry :data:`IGNORE`.
+def _per_position(out: torch.Tensor) -> torch.Tensor:
+    return out.transpose(1, 2)
+
+
+INDUCTION_TRAIN, INDUCTION_TEST = 20_000, 1_000
+#: The induction model: 2 layers of 4 heads (a previous-token head and an induction head must
+#: sit in different layers), d_model ``widths[0]``, MLPs of 4 d_model.
+INDUCTION_LAYERS, INDUCTION_HEADS = 2, 4
+
+
+def _induction_data(seed: int, data_dir=None):
+    from . import Data
+
+    train = induction_data(INDUCTION_TRAIN, seed=seed)
+    test = induction_data(INDUCTION_TEST, seed=seed + 2**32)  # another stream of the generator
+
+    def split(batch: InductionBatch):
+        x, nxt = batch.tokens[:, :-1], batch.tokens[:, 1:]
+        return x, torch.where(batch.mask[:, :-1], nxt, torch.full_like(nxt, IGNORE)), nxt
+
+    X_tr, y_tr, fit = split(train)
+    X_te, y_te, _ = split(test)
+    return Data(X_tr, y_tr, X_te, y_te, "generated (induction sequences)", y_train_fit=fit,
+                train_eval_rows=INDUCTION_TEST)
+
+
+def _gpt(layers: int, heads: int, vocab: int, length: int):
+    def make(config: dict):
+        from ..core.settings import CostSettings
+        from ..models.gpt import BioGPT
+
+        widths = config.get("widths") or [64]
+        if len(widths) != 1:
+            raise ValueError(f"widths for a language task is [d_model], got {widths}")
+        return BioGPT(vocab, n_positions=length, d_model=widths[0], n_layers=layers, n_heads=heads,
+                      settings=CostSettings.from_config(config))
+
+    return make
+
+
+TEXT_LENGTH, TEXT_TRAIN, TEXT_VALID = 128, 20_000, 256
+TEXT_LAYERS, TEXT_HEADS = 2, 4
+
+
+def _text_data(seed: int, data_dir=None):
+    from . import Data
+
+    corpus = stdlib_corpus(data_dir)
+    train = text_sequences(TEXT_TRAIN, TEXT_LENGTH + 1, "train", seed=seed, corpus=corpus)
+    # the validation windows are the same for every seed: one yardstick for all runs
+    valid = text_sequences(TEXT_VALID, TEXT_LENGTH + 1, "valid", seed=0, corpus=corpus)
+    source = (f"Python {'.'.join(map(str, __import__('sys').version_info[:3]))} standard library, "
+              f"{len(corpus.train_files)} training and {len(corpus.valid_files)} validation files, "
+              f"{corpus.chars:,} characters, sha256 {corpus.sha256[:16]}")
+    return Data(train[:, :-1], train[:, 1:], valid[:, :-1], valid[:, 1:], source,
+                train_eval_rows=TEXT_VALID)
+
+
+def _text_metrics(row: dict) -> dict:
+    corpus = stdlib_corpus()
+    return {"test_bpc": row["test_loss"] / math.log(2), "train_bpc": row["train_loss"] / math.log(2),
+            "corpus_chars": corpus.chars, "corpus_sha256": corpus.sha256}
+
+
+def _register() -> None:
+    from . import Task, register_task
+
+    register_task(Task(
+        "induction", "GPT on random tokens with a repeated segment: accuracy on the tokens an "
+        "induction head can predict", "classification", _induction_data,
+        _gpt(INDUCTION_LAYERS, INDUCTION_HEADS, 32, 31),
+        dict(widths=[32], steps=3000, lr=3e-3, batch_size=64, loss="ce",
+             lambda_schedule=[[1e-4, 1], [1e-3, 2]], A=1.0, y_star=0.5, top_k=16, swap_every=200,
+             reduction="sum", eval_every=250),
+        predict=_per_position, predict_fit=_per_position))
+    register_task(Task(
+        "text-lm", "byte-level GPT on the Python standard library's source (validation bits per "
+        "character)", "classification", _text_data,
+        _gpt(TEXT_LAYERS, TEXT_HEADS, BYTE_VOCAB, TEXT_LENGTH),
+        dict(widths=[64], steps=3000, lr=3e-3, batch_size=32, loss="ce",
+             lambda_schedule=[[1e-5, 1], [1e-4, 2]], A=1.0, y_star=0.5, top_k=16, swap_every=200,
+             reduction="sum", eval_every=250),
+        predict=_per_position, predict_fit=_per_position, metrics=_text_metrics))
+
+
+_register()
