@@ -14,8 +14,8 @@ and heads that move only whole with their folds inside the head (``rigid``,
 from __future__ import annotations
 
 import copy
-import importlib
-import os.util
+import importlib.util
+import os
 import subprocess
 import sys
 
