@@ -509,9 +509,28 @@ def module_task(model: nn.Module, data, config: TrainConfig, checkpoint: dict | 
                              f"{len(d.X_test)} test inputs for {len(d.y_test)} targets")
         kind = ("classification" if config.loss == "ce" or not d.y_train.is_floating_point()
                 else "regression")
+    predict = _class_axis_second if config.loss == "ce" else _prediction
     task = Task(MODULE_TASK, f"your {type(model).__name__}", kind, lambda seed, data_dir=None: d,
-                lambda cfg: model)
+                lambda cfg: model, predict=predict)
     return task, config
+
+
+def _prediction(out):
+    """A module's output as the tensor the loss compares: a Hugging Face model's ``logits``, the
+    first entry of a tuple, else the output itself."""
+    logits = getattr(out, "logits", None)
+    if torch.is_tensor(logits):
+        return logits
+    if isinstance(out, (tuple, list)) and out and torch.is_tensor(out[0]):
+        return out[0]
+    return out
+
+
+def _class_axis_second(out):
+    """For cross-entropy: per-position logits ``(batch, seq, classes)`` of a language model become
+    ``(batch, classes, seq)``, the layout the loss takes (targets ``(batch, seq)``)."""
+    out = _prediction(out)
+    return out.movedim(-1, 1) if out.dim() > 2 else out
 
 
 # -- a run directory, analysed (``bimt analyze``) ---------------------------------------------
