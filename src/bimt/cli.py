@@ -220,6 +220,9 @@ def _build_parser() -> argparse.ArgumentParser:
     a.add_argument("run_dir")
     a.add_argument("--prune", action="store_true", help="add the pruning frontier plot")
     a.add_argument("--knockout", action="store_true", help="add the module knock-out table")
+    a.add_argument("--circuit", action="store_true",
+                   help="name the heads and MLP neurons that carry the task (language tasks): "
+                        "circuit.json, circuit.png")
 
     r = sub.add_parser("reproduce", help="the paper's Tables 1 and 2, in parallel")
     r.add_argument("--tasks", help="comma-separated task names (default: the paper's tasks)")
@@ -384,7 +387,8 @@ def get_task_data(cfg):
 def _analyze(args) -> int:
     from .training.runs import analyze_run
 
-    analyze_run(_run_dir(args.run_dir), prune=args.prune, knockout=args.knockout)
+    analyze_run(_run_dir(args.run_dir), prune=args.prune, knockout=args.knockout,
+                circuit=args.circuit)
     return 0
 
 

@@ -40,6 +40,7 @@ from .intervene import intervene
 __all__ = [
     "attention_patterns", "previous_token_scores", "induction_scores", "units",
     "knockout_effects", "unit_graph", "unit_modules", "spatial_module", "find_circuit", "Circuit",
+    "circuit_slots",
 ]
 
 _ATTN, _MLP = re.compile(r"attn(\d+)$"), re.compile(r"mlp(\d+)$")
@@ -299,3 +300,14 @@ def find_circuit(model, data, metric: Callable, threshold: float = 0.2, neurons:
             scores[f"L{layer}.h{head}"]["induction"] = float(induct[layer, head])
     return Circuit([n for n in chosen if ".h" in n], [n for n in chosen if ".n" in n], base,
                    set_effect, other, others.get(other, 0.0), module, effects, scores)
+
+
+def circuit_slots(model, names: Iterable[str]) -> dict[str, list[int]]:
+    """``{group: [slots]}`` of units (``"L1.h0"``: every slot of that head place; ``"L0.n17"``:
+    that MLP neuron), to highlight them in a picture."""
+    table = units(model, neurons=True)
+    out: dict[str, list[int]] = {}
+    for name in names:
+        group, slots = table[name]
+        out.setdefault(group, []).extend(int(s) for s in slots)
+    return {g: sorted(set(s)) for g, s in out.items()}

@@ -52,6 +52,9 @@ class Task:
     ``method_defaults`` override ``defaults`` for one method (``{"vanilla": {...}}``).
     ``metrics(row)`` adds task-specific entries to ``metrics.json`` from the final evaluation
     row (``train_loss``, ``test_loss``, ``train_acc``, ``test_acc``, ``connection_cost``).
+    ``probe(seed) -> (data, metric)`` gives what :func:`bimt.analysis.find_circuit` reads a
+    trained model's circuit on (``bimt analyze RUN --circuit``): inputs and ``metric(logits,
+    data)``, higher is better.
     """
 
     name: str
@@ -64,6 +67,7 @@ class Task:
     predict_fit: Callable[[torch.Tensor], torch.Tensor] | None = None
     method_defaults: dict = field(default_factory=dict)
     metrics: Callable[[dict], dict] | None = None
+    probe: Callable | None = None
 
     def extra_metrics(self, row: dict) -> dict:
         return self.metrics(row) if self.metrics is not None else {}

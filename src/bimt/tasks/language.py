@@ -31,7 +31,6 @@ The corpus is read once per process.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 import math
@@ -266,17 +265,28 @@ def _text_metrics(row: dict) -> dict:
             "corpus_chars": corpus.chars, "corpus_sha256": corpus.sha256}
 
 
+def _induction_probe(seed: int):
+    """The test sequences and the task's metric: accuracy on the predictable tokens."""
+    return induction_data(INDUCTION_TEST, seed=seed + 2**32), induction_accuracy
+
+
+def _text_probe(seed: int):
+    """The validation windows and minus their bits per character (higher is better)."""
+    valid = text_sequences(TEXT_VALID, TEXT_LENGTH, "valid", seed=0)
+    return valid, lambda logits, tokens: -bits_per_char(logits, tokens)
+
+
 def _register() -> None:
     from . import Task, register_task
 
     register_task(Task(
         "induction", "GPT on random tokens with a repeated segment: accuracy on the tokens an "
         "induction head can predict", "classification", _induction_data,
-        _gpt(INDUCTION_LAYERS, INDUCTION_HEADS, 32, 31),
+        _gpt(INDUCTION_LAYERS, INDUCTION_HEADS, 32, 32),
         dict(widths=[32], steps=3000, lr=3e-3, batch_size=64, loss="ce",
              lambda_schedule=[[1e-4, 1], [1e-3, 2]], A=1.0, y_star=0.5, top_k=16, swap_every=200,
              reduction="sum", eval_every=250),
-        predict=_per_position, predict_fit=_per_position))
+        predict=_per_position, predict_fit=_per_position, probe=_induction_probe))
     register_task(Task(
         "text-lm", "byte-level GPT on the Python standard library's source (validation bits per "
         "character)", "classification", _text_data,
@@ -284,7 +294,8 @@ def _register() -> None:
         dict(widths=[64], steps=3000, lr=3e-3, batch_size=32, loss="ce",
              lambda_schedule=[[1e-5, 1], [1e-4, 2]], A=1.0, y_star=0.5, top_k=16, swap_every=200,
              reduction="sum", eval_every=250),
-        predict=_per_position, predict_fit=_per_position, metrics=_text_metrics))
+        predict=_per_position, predict_fit=_per_position, metrics=_text_metrics,
+        probe=_text_probe))
 
 
 _register()

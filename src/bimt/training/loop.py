@@ -526,20 +526,10 @@ def _evaluate(model, data, obj, cost) -> dict:
         out, y = _outputs(model, X, y)
         out = obj.predict(out)
         row[f"{split}_loss"] = float(obj.loss(out, obj.targets(y, model)))
-        row[f"{split}_acc"] = _accuracy(out, y) if obj.kind == "classification" else None
+        row[f"{split}_acc"] = obj.accuracy(out, y) if obj.kind == "classification" else None
     row["connection_cost"] = cost.total(model)
     model.train()
     return row
-
-
-def _accuracy(out, y) -> float:
-    """Share of right classes (class axis 1); targets below 0 (a task's ignored positions,
-    cross-entropy's ``ignore_index``) are left out."""
-    right = out.argmax(1) == y
-    counted = y >= 0
-    if bool(counted.all()):
-        return float(right.float().mean())
-    return float(right[counted].float().mean()) if bool(counted.any()) else float("nan")
 
 
 def _outputs(model, X, y, batch: int = 4096):

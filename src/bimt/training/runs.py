@@ -50,6 +50,7 @@ RUN_FILES = (
     "config.json", "resolved_config.json", "metrics.json", "history.csv", "checkpoint.pt",
     "graph.png", "graph.svg", "decision_boundary.png", "evolution.gif", "analysis.json",
     "analysis.md", "pruning_frontier.png", "pruning_frontier.csv", "knockout.md", "report.html",
+    "circuit.json", "circuit.png",
 )
 LOCK_NAME = ".bimt.lock"
 
@@ -421,6 +422,15 @@ class Objective:
     kind: str  # "regression" or "classification"
     n_out: int | None
 
+    def accuracy(self, out, y) -> float:
+        """Share of right classes (class axis 1) of predictions ``out``; targets below 0 (a
+        task's ignored positions, cross-entropy's ``ignore_index``) are left out."""
+        right = out.argmax(1) == y
+        counted = y >= 0
+        if bool(counted.all()):
+            return float(right.float().mean())
+        return float(right[counted].float().mean()) if bool(counted.any()) else float("nan")
+
     def targets(self, y, model: nn.Module):
         """What the loss compares with: integer classes one-hot under MSE (``n_out`` wide)."""
         if y is not None and self.loss_name == "mse" and not y.is_floating_point():
@@ -536,27 +546,26 @@ def _class_axis_second(out):
 # -- a run directory, analysed (``bimt analyze``) ---------------------------------------------
 def run_evaluator(run_dir, model: nn.Module | None = None):
     """``(model, config, evaluate, accuracy)`` for a run: ``evaluate(module)`` is the test loss,
-    ``accuracy`` the test accuracy of a classifier (else ``None``). A run of your own module
-    keeps no data, so both are ``None`` there."""
+    ``accuracy`` the test accuracy of a classifier (else ``None``), both as training measured
+    them (the run's :class:`Objective`). A run of your own module keeps no data, so both are
+    ``None`` there."""
     model, cfg = load_model(run_dir, model)
     if cfg.task == MODULE_TASK:
         return model, cfg, None, None
     task = get_task(cfg.task)
     data = task.make_data(cfg.seed, cfg.data_dir)
     dtype = next(model.parameters()).dtype  # float64 runs (S4, in-context) get float64 data
-    if data.X_test.is_floating_point():
-        data.X_test = data.X_test.to(dtype)
-    if data.y_test.is_floating_point():
-        data.y_test = data.y_test.to(dtype)
-    loss_fn = nn.MSELoss() if cfg.loss == "mse" else nn.CrossEntropyLoss()
-    predict = task.predict or (lambda o: o)
-    target = targets(data.y_test, cfg.loss, model, _n_outputs(wiring_of(model)))
+    X, y = data.X_test, data.y_test
+    X = X.to(dtype) if X.is_floating_point() else X
+    y = y.to(dtype) if y.is_floating_point() else y
+    obj = objective(task, cfg.loss, wiring_of(model), data=data)
+    target = obj.targets(y, model)
 
     def evaluate(module) -> float:
-        return float(loss_fn(predict(module(data.X_test)), target))
+        return float(obj.loss(obj.predict(module(X)), target))
 
     def accuracy(module) -> float:
-        return float((predict(module(data.X_test)).argmax(-1) == data.y_test).float().mean())
+        return obj.accuracy(obj.predict(module(X)), y)
 
     return model, cfg, evaluate, (accuracy if task.kind == "classification" else None)
 
@@ -568,12 +577,15 @@ def _n_outputs(wiring) -> int | None:
 
 
 def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool = True,
-                model: nn.Module | None = None, evaluate=None) -> dict:
+                model: nn.Module | None = None, evaluate=None, circuit: bool = False) -> dict:
     """Modularity, modules and active neurons of a run, written to ``analysis.json`` / ``.md``.
 
     ``prune`` adds ``pruning_frontier.png`` (+ csv); ``knockout`` adds ``knockout.md``, the
     metric after knocking out each module found by ``find_modules`` or, when the network is
     one component (modules that meet only at the output, Fig. 5), each of its ``tree_roots``.
+    ``circuit`` (tasks with a probe: the language tasks) adds ``circuit.json`` and
+    ``circuit.png``: the heads and MLP neurons that carry the task
+    (:func:`bimt.analysis.find_circuit`), highlighted in the graph.
 
     A run of your own module is analysed from its saved spec and weights (graph, modules,
     active neurons, cost; the test loss from ``metrics.json``); pruning and knock-outs run the
@@ -641,11 +653,57 @@ def analyze_run(run_dir, prune: bool = False, knockout: bool = False, echo: bool
                   f"| {r['metric']:.4g} |" for r in rows]
         atomic_write_bytes(run_dir / "knockout.md", ("\n".join(table) + "\n").encode())
         lines += ["", "## Knock-outs", "", *table]
+    if circuit:
+        found = _circuit(run_dir, model, cfg)
+        report["circuit"] = found
+        lines += ["", "## Circuit", "", *_circuit_lines(found)]
     write_json(run_dir / "analysis.json", report)
     atomic_write_bytes(run_dir / "analysis.md", ("\n".join(lines) + "\n").encode())
     if echo:
         print("\n".join(lines))
     return report
+
+
+def _circuit(run_dir: Path, model, cfg) -> dict:
+    """Find the run's circuit on its task's probe; write ``circuit.json`` and ``circuit.png``."""
+    from .. import viz
+    from ..analysis.circuits import circuit_slots, find_circuit
+
+    task = get_task(cfg.task) if cfg.task != MODULE_TASK else None
+    if task is None or task.probe is None:
+        raise ValueError(f"{cfg.task} has no circuit probe (the language tasks induction and "
+                         "text-lm have one); for your own model call "
+                         "bimt.analysis.find_circuit(model, data, metric)")
+    data, metric = task.probe(cfg.seed)
+    found = find_circuit(model, data, metric)
+    out = {"heads": found.heads, "neurons": found.neurons, "baseline": found.baseline,
+           "after_knockout": found.baseline - found.set_effect, "set_effect": found.set_effect,
+           "other_head": found.other_head, "other_effect": found.other_effect,
+           "one_module": found.one_module, "module": found.module, "scores": found.scores,
+           "effects": found.effects, "slots": circuit_slots(model, found.units)}
+    write_json(run_dir / "circuit.json", out)
+    fig = viz.plot_graph(model, highlight=out["slots"],
+                         title=f"{cfg.task} [{cfg.method}, seed {cfg.seed}]: circuit "
+                               f"{', '.join(found.units) or '(none)'}")
+    viz.save_figure(fig, run_dir / "circuit", formats=("png",))
+    return out
+
+
+def _circuit_lines(c: dict) -> list[str]:
+    def show(x):
+        return "n/a" if x is None else f"{x:.4g}"
+
+    scores = [f"| {h} | {show(s.get('previous_token'))} | {show(s.get('induction'))} | "
+              f"{show(c['effects'].get(h))} |" for h, s in c["scores"].items()]
+    return [f"- heads: {', '.join(c['heads']) or 'none'}; MLP neurons: "
+            f"{', '.join(c['neurons']) or 'none'}",
+            f"- metric {show(c['baseline'])}, with the circuit knocked out {show(c['after_knockout'])}; "
+            f"the largest drop from any other single head: {show(c['other_effect'])} "
+            f"({c['other_head'] or 'none'})",
+            f"- one spatial module: {'yes' if c['one_module'] else 'no'} (connected: "
+            f"{c['module'].get('connected')}, contiguous: {c['module'].get('contiguous')})",
+            "", "| head | previous-token score | induction score | knock-out drop |",
+            "|---|---|---|---|", *scores]
 
 
 def _slots_text(neurons) -> str:

@@ -43,9 +43,24 @@ def report(run, title: str | None = None) -> Report:
     _, state = read_run(run_dir)
     history = state.get("history") or _read_history_csv(run_dir / "history.csv")
     metrics = read_metrics(run_dir) or {}
+    circuit = _read_circuit(run_dir)
     return _report(model, snapshots=state.get("snapshots", []), history=history, metrics=metrics,
-                   evaluate=evaluate, accuracy=accuracy,
+                   evaluate=evaluate, accuracy=accuracy, circuit=circuit,
                    title=title or _title(run_dir, cfg))
+
+
+def _read_circuit(run_dir: Path) -> dict | None:
+    """``circuit.json`` (from ``bimt analyze --circuit``), or ``None``; a file that is not one is
+    one line naming it."""
+    from .config import read_config_file
+
+    path = run_dir / "circuit.json"
+    if not path.exists():
+        return None
+    data = read_config_file(path)  # a JSON object, size- and depth-checked
+    if not isinstance(data.get("slots"), dict) or not isinstance(data.get("scores", {}), dict):
+        raise ValueError(f"{path} is not a circuit written by bimt analyze --circuit")
+    return {"slots": data["slots"], "scores": data.get("scores", {})}
 
 
 def _title(run_dir: Path, cfg) -> str:

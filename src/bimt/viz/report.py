@@ -195,7 +195,7 @@ def _json_safe(obj):
 
 
 def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report",
-               evaluate=None, accuracy=None) -> dict:
+               evaluate=None, accuracy=None, circuit=None) -> dict:
     """Everything the page shows, as one JSON-serialisable dict (binary parts base64)."""
     final = _read_network(model)
     rows = []
@@ -226,6 +226,7 @@ def build_data(model, snapshots=(), history=(), metrics=None, title="bimt report
         "frames": frames, "blob": base64.b64encode(b"".join(blobs)).decode("ascii"),
         "modules": modules, "knockout": knock, "history": _history_columns(history),
         "metrics": metrics or {}, "snapshots_stored": bool(snaps),
+        "circuit": (circuit or {}).get("slots"), "heads": (circuit or {}).get("scores"),
     })
 
 
@@ -295,14 +296,17 @@ class Report:
 
 
 def report(model, *, snapshots=(), history=(), metrics=None, evaluate=None, accuracy=None,
-           title="bimt report") -> Report:
+           title="bimt report", circuit=None) -> Report:
     """The interactive page of a model in memory (for a run directory: :func:`bimt.view.report`).
 
     ``snapshots``: ``(step, state_dict)`` pairs or :class:`Snapshot` s (the slider; without
     them the page shows the model as it is); ``history``: evaluation rows (the curves);
-    ``evaluate(module) -> float`` (and ``accuracy``): the test metric for the knock-outs.
+    ``evaluate(module) -> float`` (and ``accuracy``): the test metric for the knock-outs;
+    ``circuit``: ``{"slots": {group: [slots]}, "scores": {head: {...}}}`` (what ``bimt analyze
+    --circuit`` writes to ``circuit.json``): the circuit's neurons ringed, head probes in the
+    tooltips.
     """
     model.eval()
     data = build_data(model, list(snapshots or []), list(history or []), metrics, title,
-                      evaluate, accuracy)
+                      evaluate, accuracy, circuit)
     return Report(render_html(data), data)
