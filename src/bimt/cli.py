@@ -265,6 +265,8 @@ def _build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", metavar="DEVICE", help=DEVICE_HELP)
     b.add_argument("--batched-seeds", type=int, default=5, help="seeds in the batched timing")
     b.add_argument("--batched-steps", type=int, default=2000, help="steps in the batched timing")
+    b.add_argument("--no-gpt", dest="gpt", action="store_false",
+                   help="skip the GPT-2-small-shaped passes and GPT step (they take minutes)")
     return p
 
 
@@ -425,7 +427,7 @@ def _bench(args) -> int:
     if args.batched_seeds <= 0 or args.batched_steps <= 0:
         raise ValueError("--batched-seeds and --batched-steps must be positive, got "
                          f"{args.batched_seeds} and {args.batched_steps}")
-    run_benchmarks(as_json=args.json, device=args.device, batched_seeds=args.batched_seeds,
+    run_benchmarks(as_json=args.json, device=args.device, gpt=args.gpt, batched_seeds=args.batched_seeds,
                    batched_steps=args.batched_steps)
     return 0
 

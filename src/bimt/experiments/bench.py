@@ -225,7 +225,8 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
 
 
 def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
-                   batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000) -> dict:
+                   batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000,
+                   gpt: bool = True) -> dict:
     from ..training.devices import resolve_device
     from ..training.runs import say
 
@@ -244,6 +245,12 @@ def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
     if batched:
         say(True, f"timing {batched_seeds} seeds one after another, then stacked")
         results.update(bench_batched(batched_seeds, batched_steps, device=device))
+    if gpt:
+        from .bench_gpt import run_gpt_benchmarks
+
+        say(True, "timing GPT-2-small-shaped swap passes (greedy, then exact: a few minutes) and a "
+                  "4-layer GPT's training step")
+        results.update(run_gpt_benchmarks())
     results["device"] = str(device or "cpu")
     results = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in results.items()}
     if as_json:
@@ -273,6 +280,11 @@ def format_table(results: dict) -> str:
         ("  trained one after another", "batched.sequential_s", "{:.2f} s"),
         ("  trained as one stack (bimt.batched)", "batched.batched_s", "{:.2f} s"),
         ("  speed-up, sequential / batched", "batched.speedup", "{:.1f}x"),
+        ("GPT-2-small shapes (124M parameters): greedy pass", "gpt.swap_ms", "{:.0f} ms"),
+        ("  one read of every parameter (the floor)", "gpt.floor_ms", "{:.0f} ms"),
+        ("  greedy pass / floor", "gpt.swap_over_floor", "{:.1f}x"),
+        ("  exact pass", "gpt.exact_s", "{:.1f} s"),
+        ("4-layer d-256 GPT step, plain / with cost and swaps", "gpt.step_overhead", "{:.3f}x"),
     ]
     width = max(len(r[0]) for r in rows)
     lines = ["bimt bench (MNIST-shaped 784-100-100-10, top-k 30, A=2, y*=0.5, 1 thread)"]

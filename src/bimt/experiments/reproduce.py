@@ -32,12 +32,14 @@ COLUMN = {
     "symbolic-independence": "Symbolic (a)", "symbolic-feature-sharing": "Symbolic (b)",
     "symbolic-compositionality": "Symbolic (c)", "two-moons": "Two Moon",
     "modular-addition": "Modular Addition", "permutation-s4": "Permutation",
-    "in-context": "In-Context", "mnist": "MNIST",
+    "in-context": "In-Context", "mnist": "MNIST", "induction": "Induction", "text-lm": "Text LM",
 }
 METHOD_NAME = {"vanilla": "Vanilla", "l1": "L1 penalty", "l1-local": "L1 + Local",
                "l1-swap": "L1 + Swap", "bimt": "BIMT"}
 LOSS_TASKS = {"symbolic-independence", "symbolic-feature-sharing", "symbolic-compositionality",
               "in-context", "regression-fig2", "in-context-singular"}
+#: Tasks whose Table 1 entry is another metrics.json key: (key, column label, format).
+TABLE1_KEY = {"text-lm": ("test_bpc", "bits/char", "{:.3f} ± {:.3f}")}
 
 # The paper's Table 1 (test loss, or test accuracy in %) and Table 2 (modularity): mean, std.
 PAPER_TABLE1 = {
@@ -265,7 +267,7 @@ def _expected_cost(task: str) -> float:
     """Seconds of one worker per run, as measured in the committed reproduction (job_s / runs),
     to start the longest jobs first."""
     return {"modular-addition": 190, "in-context": 200, "in-context-singular": 200, "mnist": 75,
-            "permutation-s4": 50}.get(task, 3)
+            "permutation-s4": 50, "text-lm": 600, "induction": 300}.get(task, 3)
 
 
 def write_results(out: Path, results: list[dict], tasks: list[str], methods: list[str]) -> None:
@@ -294,6 +296,8 @@ def _fmt(task: str, ms, table: int) -> str:
     mean, std = ms
     if table == 2:
         return f"{mean:.3f} ± {std:.3f}"
+    if task in TABLE1_KEY:
+        return TABLE1_KEY[task][2].format(mean, std)
     if task in LOSS_TASKS:
         exp = math.floor(math.log10(abs(mean))) if mean else 0
         return f"({mean / 10**exp:.1f} ± {std / 10**exp:.1f})e{exp}"
@@ -305,7 +309,8 @@ def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> t
     def table(n: int) -> str:
         head = "| method | " + " | ".join(COLUMN.get(t, t) for t in tasks) + " |"
         metric = "| metric | " + " | ".join(
-            ("loss" if t in LOSS_TASKS else "accuracy") if n == 1 else "modularity" for t in tasks
+            (TABLE1_KEY[t][1] if t in TABLE1_KEY else "loss" if t in LOSS_TASKS else "accuracy")
+            if n == 1 else "modularity" for t in tasks
         ) + " |"
         lines = [head, "|" + "---|" * (len(tasks) + 1), metric]
         paper = PAPER_TABLE1 if n == 1 else PAPER_TABLE2
@@ -315,6 +320,8 @@ def write_tables(results: list[dict], tasks: list[str], methods: list[str]) -> t
                 rows = [r for r in results if r["task"] == t and r["method"] == m]
                 if n == 2:
                     vals = [r["modularity"] for r in rows]
+                elif t in TABLE1_KEY:
+                    vals = [r.get(TABLE1_KEY[t][0]) for r in rows]
                 elif t in LOSS_TASKS:
                     vals = [r["test_loss"] for r in rows]
                 else:
