@@ -165,7 +165,7 @@ def test_bad_lambda_string(capsys, text):
 
 @pytest.mark.parametrize("argv, message", [
     (["--lambda=-1"], "lambda must be a finite number >= 0, got -1.0"),
-    (["--lambda=1e-3:0"], "a lambda phase must last > 0 steps"),
+    (["--lambda=1e-3:0"], "a lambda phase must last a finite number of steps > 0"),
     (["--steps", "0"], "steps must be a positive integer, got 0"),
     (["--top-k", "50"], "top_k=50 is larger than every swappable layer"),
     (["--A", "-2"], "A must be a finite number >= 0, got -2.0"),

@@ -377,7 +377,7 @@ def test_divergence_by_huge_lr_keeps_no_bad_checkpoint(tmp_path):
 @pytest.mark.parametrize("changes, pattern", [
     (dict(lambda_schedule=[[-1e-3, 10]]), r"lambda must be a finite number >= 0, got -0\.001"),
     (dict(lambda_schedule=[[float("nan"), 10]]), r"lambda must be a finite number"),
-    (dict(lambda_schedule=[[1e-3, 0]]), r"phase must last > 0 steps, got 0"),
+    (dict(lambda_schedule=[[1e-3, 0]]), r"phase must last a finite number of steps > 0, got 0"),
     (dict(lambda_schedule=[[1e-3]]), r"\[number, number\] pairs"),
     (dict(lambda_schedule=[]), r"at least one"),
     (dict(steps=0), r"steps must be a positive integer, got 0"),

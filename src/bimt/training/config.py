@@ -134,7 +134,7 @@ def _phases(value, name):
     for v, length in value:
         _float(v, "lambda")
         if not math.isfinite(length) or length <= 0:
-            raise ValueError(f"a lambda phase must last > 0 steps, got {length!r}")
+            raise ValueError(f"a lambda phase must last a finite number of steps > 0, got {length!r}")
     return value
 
 
