@@ -208,3 +208,59 @@ def test_the_cnn_graph_names_its_image_input():
     fig = viz.plot(model)
     shown = [t.get_text() for t in fig.axes[0].texts if t.get_gid() == "input-label"]
     assert shown == ["image"]
+
+
+def _wrong_shapes():
+    """(model, data with one feature too many) for each model family."""
+    torch.manual_seed(0)
+    X = torch.rand(20, 5)
+    seq = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    attach(seq)
+    res = ResMLP()
+    attach(res, res_spec(res))
+    return {
+        "mlp": (bimt.BioMLP([4, 6, 2]), (X, torch.rand(20, 2))),
+        "sequential": (seq, (X, torch.rand(20, 2))),
+        "transformer": (bimt.BioTransformer(2, 1, d_model=8, n_blocks=1),
+                        (torch.rand(20, 3, 3), torch.rand(20, 3, 1))),
+        "rnn": (bimt.BioRNN(2, 4, 1), (torch.rand(20, 6, 3), torch.rand(20, 6, 1))),
+        "cnn": (bimt.BioCNN((1, 8, 8), channels=[2, 2], hidden=[4], n_classes=3),
+                (torch.rand(20, 65), torch.randint(3, (20,)))),
+        "module": (res, (X, torch.rand(20, 2))),
+    }
+
+
+@pytest.mark.parametrize("family", ["mlp", "sequential", "transformer", "rnn", "cnn", "module"])
+def test_data_that_does_not_fit_the_model_is_one_clear_line(family, tmp_path):
+    """Where data meets a model the feature count is checked (never silently dropped or
+    broadcast), naming the data's shape, before anything is written."""
+    model, (X, y) = _wrong_shapes()[family]
+    loss = "ce" if family == "cnn" else "mse"
+    with pytest.raises(ValueError, match=r"does not fit .*inputs of shape") as info:
+        bimt.fit(model=model, data=(X, y, X, y), loss=loss, steps=2, out=tmp_path / "r", **QUIET)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "r").exists()
+
+
+def test_targets_of_the_wrong_shape_are_refused_naming_both():
+    model = bimt.BioMLP([4, 6, 2])
+    X = torch.rand(20, 4)
+    with pytest.raises(ValueError, match=r"targets of shape \(3,\)"):
+        bimt.fit(model=model, data=(X, torch.rand(20, 3), X, torch.rand(20, 3)), loss="mse",
+                 steps=2, **QUIET)
+
+
+def test_data_problems_are_named_for_what_they_are():
+    model = bimt.BioMLP([4, 6, 2])
+    X, y = torch.rand(20, 4), torch.rand(20, 2)
+    bad = X.clone()
+    bad[3, 1] = float("nan")
+    cases = [((X[:0], y[:0], X, y), "training inputs are empty"),
+             ((X, y, X[:0], y[:0]), "test inputs are empty"),
+             ((bad, y, X, y), "training inputs hold 1 NaN or infinite values"),
+             ((X, torch.full_like(y, float("inf")), X, y), "training targets hold 40 NaN"),
+             ((X, y, X, y), "needs integer class labels, got targets of dtype float32")]
+    for data, message in cases:
+        with pytest.raises(ValueError, match=message):
+            bimt.fit(model=model, data=data, loss="ce" if "class labels" in message else "mse",
+                     steps=2, **QUIET)
