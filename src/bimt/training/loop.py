@@ -59,6 +59,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What a run returns: the trained model, its final metrics, its evaluations, the config it
+    ran with, its data and its run directory (``None`` when nothing was written)."""
+
     model: nn.Module
     metrics: dict
     history: list[dict]
