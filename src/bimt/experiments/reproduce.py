@@ -189,8 +189,7 @@ def reproduce(
     transformer's runs, and every run with ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
     time, and ``job_s``: each task's summed job wall times.
     """
-    from tqdm.auto import tqdm
-
+    from ..core.progress import progress_bar
     from ..tasks import get_task
     from ..training.config import METHODS
 
@@ -227,7 +226,7 @@ def reproduce(
     jobs.sort(key=lambda j: -_expected_cost(j["task"]) * len(j.get("stack", [j])))
     start = time.perf_counter()
     results, job_s = [], {t: 0.0 for t in tasks}
-    with tqdm(total=len(runs), desc="reproduce", unit="run", disable=not progress) as bar:
+    with progress_bar(total=len(runs), desc="reproduce", unit="run", disable=not progress) as bar:
         def done(job, metrics, seconds):
             results.extend(metrics)
             job_s[job["task"]] += seconds

@@ -416,9 +416,9 @@ def _train(runs: list[_Run], device, progress, plots, tensorboard=None, stack=Fa
         from .tblog import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar
 
-    bar = tqdm(total=cfg0.steps, initial=step, disable=not progress, unit="step", mininterval=0.5,
+    bar = progress_bar(total=cfg0.steps, initial=step, disable=not progress, unit="step", mininterval=0.5,
                dynamic_ncols=True,
                desc=runs[0].name() if len(runs) == 1 else f"{cfg0.task} [{len(runs)} runs, batched]")
     start = time.perf_counter() - elapsed
