@@ -28,6 +28,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence, overload
 
 import numpy as np
 import torch
@@ -116,9 +117,21 @@ class _Run:
 
 
 # -- the public calls ------------------------------------------------------------------------
+@overload  # one run -> one result
 def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
         model: nn.Module | None = None, data=None, tensorboard=None, force: bool = False,
-        device=None, seeds=None, methods=None, **overrides):
+        device=None, seeds: None = None, methods: None = None, **overrides) -> TrainResult: ...
+@overload  # seeds= or methods= -> a list (fit_many)
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        seeds: Sequence[int], methods: Sequence[str] | None = None, device=None, force: bool = False,
+        **overrides) -> list[TrainResult]: ...
+@overload
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        methods: Sequence[str], seeds: Sequence[int] | None = None, device=None, force: bool = False,
+        **overrides) -> list[TrainResult]: ...
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        model: nn.Module | None = None, data=None, tensorboard=None, force: bool = False,
+        device=None, seeds=None, methods=None, **overrides) -> TrainResult | list[TrainResult]:
     """Train one model; with ``out``, write the run directory there. Returns a :class:`TrainResult`.
 
     ``bimt.fit(task="two-moons", steps=3000)`` is the shortest call; a ``TrainConfig`` or a
