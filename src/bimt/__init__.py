@@ -9,6 +9,7 @@ keeps the handle on it (``module.bimt``); ``bimt.wiring_of(x)`` finds it.
 """
 
 from importlib import import_module as _import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -27,6 +28,19 @@ _NAMES = {
 }
 
 __all__ = sorted(_NAMES) + ["analysis", "viz", "tasks"]
+
+if TYPE_CHECKING:  # what the lazy names below resolve to, for type checkers and editors (never run)
+    from . import analysis, core, experiments, models, tasks, training, viz
+    from .core.cost import ConnectionCost, CostSettings
+    from .core.spec import Group, PermutationSpec
+    from .core.swap import SOLVERS, SwapReport, apply_permutation, register_solver, swap_pass
+    from .models import (
+        BioCNN, BioGPT, BioMLP, BioRNN, BioTransformer, Wiring, attach, register_spec_builder, wiring_of,
+    )
+    from .tasks import Task, register_task, task_from_arrays, task_from_function
+    from .training.config import TrainConfig
+    from .training.loop import TrainResult, fit, fit_many
+    from .training.runs import load_model
 
 
 def __getattr__(name):

@@ -7,8 +7,8 @@ Submodules load on first use (``bimt.core.geometry``), so the torch-free ones (`
 
 from importlib import import_module as _import_module
 
-_SUBMODULES = ("checks", "communicability", "cost", "crossings", "fileio", "geometry", "recurrent",
-               "settings", "spec", "swap")
+_SUBMODULES = ("checks", "communicability", "cost", "crossings", "fileio", "geometry", "progress",
+               "recurrent", "settings", "spec", "swap")
 
 
 def __getattr__(name):

@@ -19,6 +19,7 @@ from .checks import positive_int
 
 __all__ = ["line", "grid", "grid3d", "ring", "layout", "pairwise_distance", "LAYOUTS"]
 
+#: Layout names `layout()` accepts (any `(n, d)` array of positions works too).
 LAYOUTS = ("line", "grid", "ring", "grid3d")
 
 

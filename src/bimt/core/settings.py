@@ -12,6 +12,8 @@ from .checks import nonnegative, one_of
 
 __all__ = ["CostSettings", "REDUCTIONS", "COST_FIELDS", "DEFAULT_SWAP_MODE", "DEFAULT_SWAP_EVERY"]
 
+#: How a tensor's charges are combined: summed (the paper) or averaged (its notebooks for
+#: modular addition, S4, MNIST and in-context).
 REDUCTIONS = ("sum", "mean")
 #: The mode of a swap pass when none is named: the paper's greedy swaps (bimt.core.swap).
 DEFAULT_SWAP_MODE = "greedy"

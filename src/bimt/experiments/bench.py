@@ -30,6 +30,8 @@ __all__ = ["run_benchmarks", "naive_greedy_pass", "mnist_shaped_model"]
 
 
 def mnist_shaped_model(seed: int = 0) -> BioMLP:
+    """The paper's MNIST network (784-100-100-10 on grids and a ring, inputs frozen): the size at
+    which swap passes cost the most, so the benchmarks time it."""
     torch.manual_seed(seed)
     return BioMLP([784, 100, 100, 10], layout=["grid", "grid", "grid", "ring"],
                   freeze_inputs=True, A=2.0, y_star=0.5)
@@ -227,6 +229,8 @@ def bench_task_swap(task: str, repeats: int = 20) -> float:
 def run_benchmarks(as_json: bool = False, transformer: bool = True, device=None,
                    batched: bool = True, batched_seeds: int = 5, batched_steps: int = 2000,
                    gpt: bool = True) -> dict:
+    """What ``bimt bench`` measures, as ``{name: value}``; every timing comes with the baseline it
+    is compared with, measured in the same process."""
     from ..training.devices import resolve_device
     from ..training.runs import say
 

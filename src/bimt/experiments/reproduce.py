@@ -24,6 +24,7 @@ from ..core.fileio import atomic_write_bytes, write_json
 
 __all__ = ["reproduce", "PAPER_TASKS", "PAPER_TABLE1", "PAPER_TABLE2", "write_tables"]
 
+#: The tasks of the paper's Tables 1 and 2, in their order.
 PAPER_TASKS = [
     "symbolic-independence", "symbolic-feature-sharing", "symbolic-compositionality",
     "two-moons", "modular-addition", "permutation-s4", "in-context", "mnist",
@@ -41,7 +42,7 @@ LOSS_TASKS = {"symbolic-independence", "symbolic-feature-sharing", "symbolic-com
 #: Tasks whose Table 1 entry is another metrics.json key: (key, column label, format).
 TABLE1_KEY = {"text-lm": ("test_bpc", "bits/char", "{:.3f} ± {:.3f}")}
 
-# The paper's Table 1 (test loss, or test accuracy in %) and Table 2 (modularity): mean, std.
+#: The paper's Table 1 (test loss, or test accuracy in %): ``{method: {task: (mean, std)}}``.
 PAPER_TABLE1 = {
     "vanilla": {"symbolic-independence": (5.2e-3, 1.0e-3), "symbolic-feature-sharing": (1.1e-5, 0.4e-5),
                 "symbolic-compositionality": (1.2e-4, 0.5e-4), "two-moons": (100.0, 0.0),
@@ -56,6 +57,7 @@ PAPER_TABLE1 = {
              "modular-addition": (100.0, 0.0), "permutation-s4": (100.0, 0.0),
              "in-context": (1.8e-4, 0.4e-4), "mnist": (98.2, 0.3)},
 }
+#: The paper's Table 2 (modularity), shaped as :data:`PAPER_TABLE1`.
 PAPER_TABLE2 = {
     "vanilla": {"symbolic-independence": (0.207, 0.025), "symbolic-feature-sharing": (0.151, 0.015),
                 "symbolic-compositionality": (0.145, 0.023), "two-moons": (0.291, 0.032),
@@ -189,8 +191,7 @@ def reproduce(
     transformer's runs, and every run with ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
     time, and ``job_s``: each task's summed job wall times.
     """
-    from tqdm.auto import tqdm
-
+    from ..core.progress import progress_bar
     from ..tasks import get_task
     from ..training.config import METHODS
 
@@ -227,7 +228,7 @@ def reproduce(
     jobs.sort(key=lambda j: -_expected_cost(j["task"]) * len(j.get("stack", [j])))
     start = time.perf_counter()
     results, job_s = [], {t: 0.0 for t in tasks}
-    with tqdm(total=len(runs), desc="reproduce", unit="run", disable=not progress) as bar:
+    with progress_bar(total=len(runs), desc="reproduce", unit="run", disable=not progress) as bar:
         def done(job, metrics, seconds):
             results.extend(metrics)
             job_s[job["task"]] += seconds

@@ -25,6 +25,7 @@ from ..core.fileio import atomic_write_bytes, write_json
 
 __all__ = ["sweep", "parse_grid", "pareto_front", "SWEEP_BACKENDS"]
 
+#: ``local``: trials stacked in this process; ``ray``: one Ray Tune task per trial (``bimt[ray]``).
 SWEEP_BACKENDS = ("local", "ray")
 METRICS = ("test_loss", "test_acc", "modularity", "connection_cost", "train_loss", "crossings",
            "module_crossings")

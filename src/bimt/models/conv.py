@@ -28,6 +28,7 @@ from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioCNN", "NORMS"]
 
+#: Normalisation after each convolution; its parameters and statistics move with their channel.
 NORMS = (None, "batch", "layer")
 
 

@@ -76,6 +76,8 @@ class Edge:
 
 @dataclass
 class Drawing:
+    """What a picture shows: rows of neurons and the weights between them, for any renderer."""
+
     rows: list[Row]
     edges: list[Edge]
     streams: list[tuple[int, int]] = field(default_factory=list)  # (earlier, later) states

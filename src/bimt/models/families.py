@@ -83,6 +83,7 @@ BUILDERS: dict[object, Callable] = {}
 
 
 def qualified_name(cls: type) -> str:
+    """``module.Class``: how a builder is registered by name, without importing its library."""
     return f"{cls.__module__}.{cls.__qualname__}"
 
 

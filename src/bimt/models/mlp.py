@@ -15,6 +15,7 @@ from .wiring import Wiring, WiredModule, _per_layer, restore_order
 
 __all__ = ["BioMLP", "ACTIVATIONS", "make_activation"]
 
+#: Activation names a BioMLP accepts; each acts on one neuron alone, so swaps pass through it.
 ACTIVATIONS = {
     "silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid, "identity": nn.Identity,
@@ -22,6 +23,7 @@ ACTIVATIONS = {
 
 
 def make_activation(activation) -> nn.Module:
+    """An activation module from its name in :data:`ACTIVATIONS`, or the module itself."""
     if isinstance(activation, nn.Module):
         return activation
     if isinstance(activation, str) and activation in ACTIVATIONS:

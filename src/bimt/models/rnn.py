@@ -26,6 +26,7 @@ from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioRNN", "CELLS"]
 
+#: ``elman``: one tanh/ReLU recurrence; ``gru``: `torch.nn.GRU`, its three gates folds of a unit.
 CELLS = ("elman", "gru")
 
 

@@ -77,10 +77,13 @@ class Task:
             raise ValueError(f"task kind must be 'regression' or 'classification', got {self.kind!r}")
 
 
+#: Every registered task by name: what ``bimt train NAME`` and ``bimt.fit(task=NAME)`` look up.
 TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task, replace: bool = False) -> Task:
+    """Make ``task`` known by its name to ``bimt train``, ``bimt.fit(task=...)``, reproduce and
+    sweep in this process; an existing name is refused unless ``replace``."""
     if task.name in TASKS and not replace:
         raise ValueError(f"a task named {task.name!r} already exists; pass replace=True")
     TASKS[task.name] = task
@@ -88,6 +91,7 @@ def register_task(task: Task, replace: bool = False) -> Task:
 
 
 def get_task(name: str) -> Task:
+    """The registered task called ``name``; an unknown name lists the known ones."""
     try:
         return TASKS[name]
     except KeyError:

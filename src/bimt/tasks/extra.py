@@ -34,6 +34,8 @@ TWO_STREAM_STEPS, TWO_STREAM_DELAY = 20, 2
 
 
 def two_stream_arrays(seed: int, n_train: int = 1000, n_test: int = 500) -> tuple:
+    """Two input streams in ``[-1, 1]``; output 1 is a running sum of stream a, output 2 stream b
+    two steps ago, so the two outputs need disjoint parts of the network."""
     g = torch.Generator().manual_seed(seed)
     X = torch.rand(n_train + n_test, TWO_STREAM_STEPS, 2, generator=g) * 2 - 1
     y = torch.zeros_like(X)
@@ -49,6 +51,8 @@ _GOAL, _DELAY, _CHOICE = 5, 5, 5
 
 def goal_inference_arrays(seed: int, n_train: int = 1000, n_test: int = 500,
                           noise: float = 0.05) -> tuple:
+    """A goal cell of a 3x3 grid shown, a delay, then the current cell: the answer is the move
+    that reaches the goal, so the network must hold the goal through the delay."""
     g = torch.Generator().manual_seed(seed)
     trials = [(r * 3 + c, (r - dr) * 3 + (c - dc), m)  # (goal, current, move to the goal)
               for r in range(3) for c in range(3) for m, (dr, dc) in enumerate(MOVES)
@@ -93,10 +97,12 @@ def rnn_model(d_in: int, d_out: int, layout):
 
 
 RNN_LAMBDA = [[1e-3, 1], [1e-2, 2], [1e-3, 1]]
+#: ``two-stream``'s settings (lambda 1e-3, 1e-2, 1e-3 over a quarter, half and quarter of the run).
 TWO_STREAM_DEFAULTS = dict(
     widths=[36], steps=3000, lr=3e-3, batch_size=128, loss="mse", lambda_schedule=RNN_LAMBDA,
     A=1.0, y_star=0.1, top_k=10, swap_every=100, reduction="sum", eval_every=250,
 )
+#: ``goal-inference``: as two-stream, with cross-entropy on the chosen move.
 GOAL_INFERENCE_DEFAULTS = dict(TWO_STREAM_DEFAULTS, loss="ce", steps=2000)
 
 
@@ -112,6 +118,7 @@ def cnn_model(config: dict):
                   settings=CostSettings.from_config(config))
 
 
+#: ``cnn-mnist``'s settings (lambda 1e-4 for the first third of the run, then 1e-3).
 CNN_MNIST_DEFAULTS = dict(
     widths=[8, 16, 32], steps=2000, lr=2e-3, batch_size=100, loss="ce",
     lambda_schedule=[[1e-4, 1], [1e-3, 2]], A=2.0, y_star=0.5, top_k=8, swap_every=200,

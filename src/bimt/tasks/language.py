@@ -50,6 +50,7 @@ __all__ = [
 #: Target of a position the reported loss and accuracy leave out (cross-entropy's ignore index).
 IGNORE = -100
 
+#: text-lm reads bytes, so its vocabulary is every byte value.
 BYTE_VOCAB = 256
 
 

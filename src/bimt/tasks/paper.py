@@ -74,16 +74,35 @@ for _name, _desc, _f, _nin, _lin, _lout, _widths in [
 
 
 # -- two moons (paper §3.2, App. C) ----------------------------------------------------------
+def make_moons(n_samples: int, noise: float,
+               rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
+    """Two interleaving half circles, as scikit-learn's ``make_moons(n_samples, noise=noise,
+    random_state=rng)`` draws them: the same arithmetic and the same draws from ``rng`` in the
+    same order (a shuffle of the points, then the noise), so the same generator state gives the
+    same arrays bit for bit (the notebook's data) without scikit-learn."""
+    n_out = n_samples // 2
+    n_in = n_samples - n_out
+    outer = np.linspace(0, np.pi, n_out)
+    inner = np.linspace(0, np.pi, n_in)
+    X = np.vstack([np.append(np.cos(outer), 1 - np.cos(inner)),
+                   np.append(np.sin(outer), 1 - np.sin(inner) - 0.5)]).T
+    y = np.hstack([np.zeros(n_out, dtype=np.intp), np.ones(n_in, dtype=np.intp)])
+    order = np.arange(n_samples)
+    rng.shuffle(order)
+    X, y = X[order], y[order]
+    X += rng.normal(scale=noise, size=X.shape)
+    return X, y
+
+
 def _two_moons(seed: int, data_dir=None) -> Data:
     """Drawn as the notebook draws them: one numpy generator seeded with the run's seed, the
     training set first, then the test set (so seed N is the notebook's seed N)."""
-    from sklearn.datasets import make_moons
-
     rng = np.random.RandomState(seed % 2**32)
-    Xtr, ytr = make_moons(200, noise=0.1, random_state=rng)
-    Xte, yte = make_moons(200, noise=0.1, random_state=rng)
+    Xtr, ytr = make_moons(200, noise=0.1, rng=rng)
+    Xte, yte = make_moons(200, noise=0.1, rng=rng)
     f = lambda a: torch.tensor(a, dtype=torch.float32)
-    return Data(f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte), "generated (sklearn make_moons)",
+    return Data(f(Xtr), torch.tensor(ytr), f(Xte), torch.tensor(yte),
+                "generated (two moons drawn as sklearn's make_moons draws them)",
                 ["x1", "x2"], ["class 1", "class 2"])
 
 

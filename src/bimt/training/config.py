@@ -33,6 +33,7 @@ SEED_MAX = 2**32 - 1
 FLOAT_MAX = 3.4e38
 #: ``custom``: a loss function given to :func:`bimt.fit` (not stored; give it again to resume).
 LOSSES = ("mse", "ce", "custom")
+#: Floating-point types a run may train in (float64: the notebooks' S4 and in-context).
 DTYPES = ("float32", "float64")
 
 
@@ -91,6 +92,7 @@ def setting(default, help: str, **kw):
 
 
 def check_seed(value, name="seed"):
+    """``value`` if it is a seed numpy accepts (an int from 0 to :data:`SEED_MAX`), else one error."""
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
         raise ValueError(f"{name} must be an integer from 0 to {SEED_MAX}, got {_short(value)}")
     return value

@@ -11,6 +11,7 @@ import torch
 
 __all__ = ["resolve_device", "DEVICE_CHOICES"]
 
+#: ``--device`` values; ``auto`` takes CUDA when there is one.
 DEVICE_CHOICES = ("cpu", "cuda", "auto")
 
 

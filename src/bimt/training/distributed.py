@@ -38,6 +38,7 @@ def world() -> tuple[int, int]:
 
 
 def is_main() -> bool:
+    """Rank 0 (or no process group): the process that writes the run directory."""
     return world()[0] == 0
 
 

@@ -28,6 +28,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence, overload
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
+    """What a run returns: the trained model, its final metrics, its evaluations, the config it
+    ran with, its data and its run directory (``None`` when nothing was written)."""
+
     model: nn.Module
     metrics: dict
     history: list[dict]
@@ -113,9 +117,21 @@ class _Run:
 
 
 # -- the public calls ------------------------------------------------------------------------
+@overload  # one run -> one result
 def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
         model: nn.Module | None = None, data=None, tensorboard=None, force: bool = False,
-        device=None, seeds=None, methods=None, **overrides):
+        device=None, seeds: None = None, methods: None = None, **overrides) -> TrainResult: ...
+@overload  # seeds= or methods= -> a list (fit_many)
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        seeds: Sequence[int], methods: Sequence[str] | None = None, device=None, force: bool = False,
+        **overrides) -> list[TrainResult]: ...
+@overload
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        methods: Sequence[str], seeds: Sequence[int] | None = None, device=None, force: bool = False,
+        **overrides) -> list[TrainResult]: ...
+def fit(config=None, out=None, resume: bool = False, progress: bool = True, plots: bool = True, *,
+        model: nn.Module | None = None, data=None, tensorboard=None, force: bool = False,
+        device=None, seeds=None, methods=None, **overrides) -> TrainResult | list[TrainResult]:
     """Train one model; with ``out``, write the run directory there. Returns a :class:`TrainResult`.
 
     ``bimt.fit(task="two-moons", steps=3000)`` is the shortest call; a ``TrainConfig`` or a
@@ -413,9 +429,9 @@ def _train(runs: list[_Run], device, progress, plots, tensorboard=None, stack=Fa
         from .tblog import TensorBoardLogger
 
         tb = TensorBoardLogger(tensorboard)
-    from tqdm.auto import tqdm
+    from ..core.progress import progress_bar
 
-    bar = tqdm(total=cfg0.steps, initial=step, disable=not progress, unit="step", mininterval=0.5,
+    bar = progress_bar(total=cfg0.steps, initial=step, disable=not progress, unit="step", mininterval=0.5,
                dynamic_ncols=True,
                desc=runs[0].name() if len(runs) == 1 else f"{cfg0.task} [{len(runs)} runs, batched]")
     start = time.perf_counter() - elapsed

@@ -131,6 +131,8 @@ def _check_fresh(run_dir: Path, config: dict, force: bool) -> None:
 # -- checkpoint ----------------------------------------------------------------------------
 def save_checkpoint(path, model, optimizer, step, history, config, wall_s, snapshots=(),
                     extra: dict | None = None) -> None:
+    """Everything a run needs to continue exactly (weights, optimizer, step, random state), written
+    atomically so a crash mid-write leaves the previous checkpoint."""
     state = {
         "format": FORMAT, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "step": step, "history": history,
@@ -165,6 +167,7 @@ def wiring_record(wiring: Wiring) -> dict:
 
 # -- specs as plain data ---------------------------------------------------------------------
 def spec_to_dict(spec: PermutationSpec) -> dict:
+    """A spec as plain data, so a checkpoint of a user's module can be read without its code."""
     def group(g):
         out = {"name": g.name, "coords": g.coords.tolist(), "heads": g.heads,
                "frozen": g.frozen, "labels": g.labels}
@@ -184,6 +187,7 @@ def spec_to_dict(spec: PermutationSpec) -> dict:
 
 
 def spec_from_dict(d: dict) -> PermutationSpec:
+    """The inverse of :func:`spec_to_dict`."""
     groups = [Group(g["name"], np.asarray(g["coords"], dtype=np.float64), heads=g["heads"],
                     frozen=g["frozen"], labels=g["labels"], rigid=g.get("rigid", False),
                     fold_order=g.get("fold_order", "outer")) for g in d["groups"]]
@@ -339,6 +343,7 @@ def _resolved_module_config(settings: CostSettings, config: TrainConfig) -> Trai
 
 # -- files ---------------------------------------------------------------------------------
 def write_history_csv(path, history: list[dict]) -> None:
+    """``history.csv``: one row per evaluation (empty values for ``None``)."""
     if not history:
         return
     keys = list(history[0])

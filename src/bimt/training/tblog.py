@@ -16,6 +16,7 @@ import math
 
 __all__ = ["TensorBoardLogger", "SCALARS"]
 
+#: The scalars logged at every evaluation (``swaps`` after every swap pass).
 SCALARS = ("loss/train", "loss/test", "accuracy/train", "accuracy/test", "lambda",
            "connection_cost", "modularity", "swaps")
 

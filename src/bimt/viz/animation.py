@@ -271,10 +271,10 @@ def write_animation(
         plot_kwargs=plot_kwargs, boundary_kwargs=boundary_kwargs,
     )
     if progress:
-        from tqdm.auto import tqdm
+        from ..core.progress import progress_bar
 
         n = len(_even_subset(_as_snapshots(snapshots), max_frames))
-        frames_iter = tqdm(frames_iter, total=n, desc=f"drawing {Path(path).name}", unit="frame",
+        frames_iter = progress_bar(frames_iter, total=n, desc=f"drawing {Path(path).name}", unit="frame",
                            mininterval=0.5, dynamic_ncols=True)
     rgb = list(frames_iter)
     # one small palette shared by every frame (taken from the last, the most drawn-on), no

@@ -23,6 +23,7 @@ __all__ = [
 
 #: Colour of positive weights (blue) and negative weights (red), as in the paper's figures.
 POSITIVE_COLOR = "blue"
+#: Colour of negative weights.
 NEGATIVE_COLOR = "red"
 #: Colour of the neuron dots.
 NEURON_COLOR = "black"

@@ -18,8 +18,8 @@ from ..spec import PermutationSpec, tensor
 __all__ = ["SwapReport", "PassState", "swap_pass", "apply_permutation", "SOLVERS",
            "register_solver", "swap_modes", "DEFAULT_MODE", "deferred_interrupts"]
 
-# A swap must lower the cost by more than this fraction of the group's largest placement cost;
-# it keeps float rounding from shuffling neurons whose placements cost the same.
+#: A swap must lower the cost by more than this fraction of the group's largest placement cost;
+#: it keeps float rounding from shuffling neurons whose placements cost the same.
 REL_TOL = 1e-12
 
 
