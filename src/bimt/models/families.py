@@ -62,9 +62,11 @@ from torch import nn
 
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
+from .drawing import Drawing, name_transformer_rows, register_view, spec_drawing
 
 __all__ = ["DerivedSpec", "register_spec_builder", "spec_builder", "derive_spec", "qualified_name",
-           "BUILDERS", "gpt2_spec", "llama_spec", "resnet_spec"]
+           "BUILDERS", "gpt2_spec", "llama_spec", "resnet_spec", "gpt2_drawing", "llama_drawing",
+           "resnet_drawing"]
 
 
 @dataclass
@@ -214,7 +216,7 @@ def gpt2_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec:
         t.free += [f"{p}.attn.{n}" for n, _ in block.attn.named_buffers(recurse=False)]
     t.per_feature(core.ln_f, f"{pre}ln_f", "resid")
     _lm_head(t, model, core.wte)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="gpt2")
 
 
 # -- Llama ------------------------------------------------------------------------------------
@@ -254,7 +256,7 @@ def llama_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec:
     # (one table for the model, or one per attention layer in older transformers)
     t.free += [f"{pre}{n}" for n, _ in core.named_buffers() if "rotary_emb." in n]
     _lm_head(t, model, core.embed_tokens)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="llama")
 
 
 # -- torchvision ResNet -----------------------------------------------------------------------
@@ -312,8 +314,45 @@ def resnet_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec
             stream = out
     t.group("classes", model.fc.out_features, frozen=True)
     t.weight("fc.weight", "classes", stream, "fc.bias" if model.fc.bias is not None else None)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="resnet")
 
+
+# -- pictures ---------------------------------------------------------------------------------
+def _blocks(wiring) -> list[str]:
+    return [g[len("attn"):] for g in wiring.spec.groups if g.startswith("attn")]
+
+
+def gpt2_drawing(wiring) -> Drawing:
+    """GPT-2 as the transformer's rows (Embed, Atn0, Res1, MLP0, Res2, ...): ``c_attn``'s
+    q, k, v folds drawn as three offset rows, the attention's ``c_proj`` reading the v fold."""
+    pre = "transformer." if any(n.startswith("transformer.") for n in wiring.spec.axes) else ""
+    blocks = _blocks(wiring)
+    return name_transformer_rows(spec_drawing(
+        wiring, fold_hints={f"{pre}h.{b}.attn.c_proj.weight": (0, 2) for b in blocks},
+        fold_names={f"attn{b}": ["q", "k", "v"] for b in blocks}))
+
+
+def llama_drawing(wiring) -> Drawing:
+    """Llama as the transformer's rows; a key/value head's query heads (folds inside the head)
+    are summed onto its slots, so q, k and v share one row per block."""
+    return name_transformer_rows(spec_drawing(wiring))
+
+
+def resnet_drawing(wiring) -> Drawing:
+    """A ResNet's channel rows, kernels summed; each state of a stage's residual stream named
+    after the block that wrote it (``layer2.1``), a block's own channels after its convolution
+    (``layer2.1.conv1``)."""
+    drawing = spec_drawing(wiring)
+    for e in drawing.edges:
+        path = e.name.rpartition(".")[0]  # layer2.1.conv2, layer2.0.downsample.0
+        if path.startswith("layer") and drawing.rows[e.out].group != path:  # writes the stream
+            drawing.rows[e.out].name = ".".join(path.split(".")[:2])
+    return drawing
+
+
+register_view("gpt2", gpt2_drawing)
+register_view("llama", llama_drawing)
+register_view("resnet", resnet_drawing)
 
 for _cls, _builder in [
     ("transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel", gpt2_spec),
