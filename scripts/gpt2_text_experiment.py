@@ -11,8 +11,10 @@ windows from the held-out files); each window of ``context + 1`` bytes gives the
 next-byte targets.
 
 Run (a few minutes on one core):
-    .venv/bin/python scripts/gpt2_text_experiment.py --out docs/families/gpt2_text.json
-    .venv/bin/python scripts/gpt2_text_experiment.py --family llama --out docs/families/llama_text.json
+    .venv/bin/python scripts/gpt2_text_experiment.py --out docs/families/gpt2_text.json \
+        --figures docs/families
+    .venv/bin/python scripts/gpt2_text_experiment.py --family llama --out docs/families/llama_text.json \
+        --figures docs/families
 """
 
 from __future__ import annotations
@@ -72,6 +74,10 @@ def run(method: str, data, args) -> dict:
                       lambda_schedule=schedule(args), swap_every=args.swap_every,
                       top_k=args.top_k, eval_every=args.eval_every, progress=False, plots=False)
     m = result.metrics
+    if args.figures is not None:  # the trained network in its family's picture
+        args.figures.mkdir(parents=True, exist_ok=True)
+        bimt.viz.save_figure(bimt.viz.plot(model, title=f"{args.family}, {method}"),
+                             args.figures / f"{args.family}_text_{method}", formats=("png",), dpi=60)
     history = [{k: r[k] for k in ("step", "connection_cost", "train_loss", "test_loss")}
                for r in result.history]
     return {"method": method, "cost_start": start, "cost_end": m["connection_cost"],
@@ -102,6 +108,8 @@ def main(argv=None) -> dict:
     p.add_argument("--valid-windows", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    p.add_argument("--figures", type=Path, default=None,
+                   help="draw both trained networks into this folder (FAMILY_text_METHOD.png)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     data = text_data(args)
@@ -112,7 +120,7 @@ def main(argv=None) -> dict:
     out = {
         "what": f"2-layer {args.family} on the text-lm corpus: BIMT against the same loop without "
                 "the cost (method vanilla: lambda 0, no swaps), same seed, data, batches, steps",
-        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "figures")},
         "bimt": bimt_run, "baseline": baseline,
         "cost_reduction_over_run": bimt_run["cost_start"] / bimt_run["cost_end"],
         "cost_ratio_baseline_over_bimt": baseline["cost_end"] / bimt_run["cost_end"],

@@ -14,8 +14,8 @@ exactly the uninterrupted numbers; ``export()`` back to the class (``save_pretra
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
-import os
 import re
 import sys
 import types
@@ -32,10 +32,10 @@ import bimt
 import bimt.training.loop as bt
 from bimt.cli import main as cli
 from bimt.models import families
-from bimt.models.drawing import drawing_of
+from bimt.models.drawing import drawing_of, spec_drawing
 from bimt.tasks.language import BYTE_VOCAB, text_sequences
 from bimt.training.runs import load_checkpoint
-from test_families import HAS_HF, BasicBlock, ResNet, needs_hf
+from test_families import BasicBlock, ResNet, needs_hf
 
 TOL = 1e-5  # outputs of an exported model against the trained one
 
@@ -112,14 +112,19 @@ ALL = [pytest.param(n, marks=needs_hf) if FAMILIES[n].hf else n for n in FAMILIE
 
 
 @pytest.fixture
-def family(request):
-    """The family, with the test's ResNet class known to attach (torchvision's is known by
-    name); the registry restored afterwards."""
+def family_registry():
+    """The test's ResNet class known to attach (torchvision's is known by name); the registry
+    restored afterwards."""
     saved = dict(families.BUILDERS)
     families.BUILDERS.setdefault(ResNet, families.resnet_spec)
-    yield FAMILIES[request.param]
+    yield
     families.BUILDERS.clear()
     families.BUILDERS.update(saved)
+
+
+@pytest.fixture
+def family(request, family_registry):
+    return FAMILIES[request.param]
 
 
 def fit_kw(fam: Family, **over) -> dict:
@@ -224,3 +229,62 @@ def test_export_after_training_with_swaps_loads_back_into_the_class(family, tmp_
         back = family.make(1).eval()
         back.load_state_dict(plain.state_dict())  # strict
     assert (family.outputs(back, x) - family.outputs(model, x)).abs().max() <= TOL
+
+
+def test_a_full_width_resnet18_is_drawn_with_its_strongest_channel_pairs(family_registry):
+    model = resnet18_shaped(0, planes=(64, 128, 256, 512))  # torchvision's widths
+    full = spec_drawing(bimt.attach(model))  # every channel pair
+    drawn = drawing_of(model.bimt)
+    sizes = [e.W.size for e in full.edges]
+    assert sum(sizes) > 1_000_000 and [e.W.size for e in drawn.edges] == sizes
+    kept = [np.count_nonzero(e.W) for e in drawn.edges]
+    assert sum(kept) <= families.MAX_DRAWN
+    for e, f, k in zip(drawn.edges, full.edges, kept):
+        a = np.abs(f.W).reshape(-1)
+        share = e.W.size * families.MAX_DRAWN // sum(sizes)  # the same share of every weight,
+        per_channel = families.RESNET_LINES_PER_CHANNEL * max(e.W.shape)  # few per channel
+        assert k == min(share, per_channel, e.W.size)
+        # what is kept is the weight's own values, its largest in magnitude
+        nz = e.W != 0
+        assert np.array_equal(e.W[nz], f.W[nz])
+        assert np.abs(f.W[nz]).min() >= np.sort(a)[-k]
+
+
+# -- the README's worked examples that its own test does not run ----------------------------------
+README = Path(__file__).resolve().parents[1] / "README.md"
+#: ``python no-run`` blocks: too slow for tests/test_readme.py, or needing torchvision
+NOT_RUN = re.findall(r"```python no-run\n(.*?)```", README.read_text(), flags=re.S)
+
+
+def readme_block(needle: str) -> str:
+    (block,) = [b for b in NOT_RUN if needle in b]
+    return block
+
+
+@needs_hf
+@pytest.mark.slow
+def test_readme_gpt2_fit_example_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_block("GPT2LMHeadModel"), "README GPT-2 fit example", "exec"), {})
+    assert json.loads((tmp_path / "gpt2-run" / "metrics.json").read_text())["steps"] == 300
+
+
+@pytest.mark.parametrize("family", ["resnet"], indirect=True)
+def test_readme_resnet_example_runs(family, tmp_path, monkeypatch):
+    """With torchvision's ResNet-18 when it is installed, else with ``resnet18`` standing for a
+    network of its structure at an eighth of its widths."""
+    if importlib.util.find_spec("torchvision") is None:
+        vision, models = types.ModuleType("torchvision"), types.ModuleType("torchvision.models")
+        models.resnet18 = lambda num_classes=1000: ResNet(BasicBlock, [2, 2, 2, 2], num_classes,
+                                                          planes=(8, 16, 32, 64), stem=8)
+        vision.models = models
+        monkeypatch.setitem(sys.modules, "torchvision", vision)
+        monkeypatch.setitem(sys.modules, "torchvision.models", models)
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(readme_block("resnet18"), "README ResNet example", "exec"), scope)
+    costs = [r["connection_cost"] for r in scope["result"].history]
+    assert costs[-1] < costs[0] and (tmp_path / "resnet-run" / "graph.png").exists()
+    x = scope["data"][2]
+    fresh, model = scope["fresh"].eval(), scope["model"].eval()
+    assert (fresh(x) - model(x)).abs().max() <= TOL
