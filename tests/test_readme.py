@@ -1,4 +1,6 @@
-"""Every Python example in the README runs as written."""
+"""Every Python example in the README runs as written. Blocks fenced ```python no-run (minutes
+long, or needing torchvision, which does not install beside the pinned CPU torch) are left out
+here; tests/test_family_paths.py runs them."""
 
 import importlib.util
 import os

@@ -27,7 +27,8 @@ import torch
 from ..core.checks import one_of
 from ..core.spec import tensor
 
-__all__ = ["Row", "Edge", "Drawing", "spec_drawing", "drawing_of", "register_view", "VIEWS"]
+__all__ = ["Row", "Edge", "Drawing", "spec_drawing", "drawing_of", "register_view", "VIEWS",
+           "name_transformer_rows"]
 
 
 @dataclass
@@ -175,6 +176,20 @@ def spec_drawing(wiring, *, three_d: bool = False, folds: bool = True,
             r.fold_names = list(names)
     _label_interface(wiring, rows)
     return Drawing(rows, edges, streams, three_d)
+
+
+def name_transformer_rows(drawing: Drawing) -> Drawing:
+    """Rows of groups ``resid``, ``attn{b}``, ``mlp{b}`` named as the paper's Fig. 7: the
+    stream after the embedding "Embed", after each sublayer "Res1", "Res2", ...; "Atn{b}",
+    "MLP{b}"."""
+    for row in drawing.rows:
+        if row.group == "resid":
+            row.name = "Embed" if row.name == "resid" else f"Res{row.name.split()[-1]}"
+        elif row.group.startswith("attn"):
+            row.name = f"Atn{row.group[4:]}"
+        elif row.group.startswith("mlp"):
+            row.name = f"MLP{row.group[3:]}"
+    return drawing
 
 
 def _label_interface(wiring, rows: list[Row]) -> None:

@@ -51,6 +51,11 @@ projection reads the previous stage's group). Inside a block, ``layer{s}.{b}.con
 channel pair (axes ``(out, in, None, None)``); BatchNorm's weight, bias, running mean and
 running variance move with their channels (normalisation is per channel, in train and eval
 mode alike), ``num_batches_tracked`` is free. Grouped convolutions (ResNeXt) are refused.
+
+**Pictures.** Each family has its view (:func:`gpt2_drawing`, :func:`llama_drawing`,
+:func:`resnet_drawing`): the transformer's rows of the paper's Fig. 7, or a ResNet's channel rows
+with each state of a stage's stream named after its block; a drawing of more than
+:data:`MAX_DRAWN` weights keeps each weight's strongest entries (:func:`strongest`).
 """
 
 from __future__ import annotations
@@ -58,13 +63,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 from torch import nn
 
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
+from .drawing import Drawing, name_transformer_rows, register_view, spec_drawing
 
 __all__ = ["DerivedSpec", "register_spec_builder", "spec_builder", "derive_spec", "qualified_name",
-           "BUILDERS", "gpt2_spec", "llama_spec", "resnet_spec"]
+           "BUILDERS", "gpt2_spec", "llama_spec", "resnet_spec", "gpt2_drawing", "llama_drawing",
+           "resnet_drawing", "strongest", "MAX_DRAWN", "RESNET_LINES_PER_CHANNEL"]
 
 
 @dataclass
@@ -215,7 +223,7 @@ def gpt2_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec:
         t.free += [f"{p}.attn.{n}" for n, _ in block.attn.named_buffers(recurse=False)]
     t.per_feature(core.ln_f, f"{pre}ln_f", "resid")
     _lm_head(t, model, core.wte)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="gpt2")
 
 
 # -- Llama ------------------------------------------------------------------------------------
@@ -255,7 +263,7 @@ def llama_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec:
     # (one table for the model, or one per attention layer in older transformers)
     t.free += [f"{pre}{n}" for n, _ in core.named_buffers() if "rotary_emb." in n]
     _lm_head(t, model, core.embed_tokens)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="llama")
 
 
 # -- torchvision ResNet -----------------------------------------------------------------------
@@ -313,8 +321,77 @@ def resnet_spec(model: nn.Module, layout: str | Mapping = "line") -> DerivedSpec
             stream = out
     t.group("classes", model.fc.out_features, frozen=True)
     t.weight("fc.weight", "classes", stream, "fc.bias" if model.fc.bias is not None else None)
-    return DerivedSpec(t.spec(), view="graph")
+    return DerivedSpec(t.spec(), view="resnet")
 
+
+# -- pictures ---------------------------------------------------------------------------------
+#: The most weights a family's picture draws: a drawing of more keeps each weight's strongest
+#: entries, the same share of every weight, this many in all. A full ResNet-18 has 1.4 million
+#: channel pairs and GPT-2 small 85 million weights; no picture shows that many lines, and
+#: drawing them takes minutes. The renderers skip the zeroed entries.
+MAX_DRAWN = 50_000
+
+
+#: A ResNet's picture draws, of each convolution, at most this many channel pairs per channel of
+#: its wider row: summed over its kernel, nearly every channel pair of a convolution carries a
+#: weight of similar size, and drawing them all hides every structure.
+RESNET_LINES_PER_CHANNEL = 2
+
+
+def strongest(drawing: Drawing, limit: int = MAX_DRAWN, per_neuron: int | None = None) -> Drawing:
+    """Keep (at most) ``limit`` entries of a drawing's weights, the largest in magnitude of each
+    weight, in proportion to its size (and, with ``per_neuron``, at most that many per neuron
+    of the weight's wider row); the others are set to zero."""
+    total = sum(e.W.size for e in drawing.edges)
+    for e in drawing.edges:
+        keep = e.W.size if total <= limit else max(1, e.W.size * limit // total)
+        if per_neuron is not None:
+            keep = min(keep, per_neuron * max(e.W.shape))
+        if keep < e.W.size:
+            a = np.abs(e.W)
+            cut = np.partition(a.reshape(-1), e.W.size - keep)[e.W.size - keep]
+            e.W = np.where(a >= cut, e.W, 0.0)
+    return drawing
+
+
+def _blocks(wiring) -> list[str]:
+    return [g[len("attn"):] for g in wiring.spec.groups if g.startswith("attn")]
+
+
+def gpt2_drawing(wiring) -> Drawing:
+    """GPT-2 as the transformer's rows (Embed, Atn0, Res1, MLP0, Res2, ...): ``c_attn``'s
+    q, k, v folds drawn as three offset rows, the attention's ``c_proj`` reading the v fold;
+    at most :data:`MAX_DRAWN` weights (:func:`strongest`)."""
+    pre = "transformer." if any(n.startswith("transformer.") for n in wiring.spec.axes) else ""
+    blocks = _blocks(wiring)
+    return strongest(name_transformer_rows(spec_drawing(
+        wiring, fold_hints={f"{pre}h.{b}.attn.c_proj.weight": (0, 2) for b in blocks},
+        fold_names={f"attn{b}": ["q", "k", "v"] for b in blocks})))
+
+
+def llama_drawing(wiring) -> Drawing:
+    """Llama as the transformer's rows; a key/value head's query heads (folds inside the head)
+    are summed onto its slots, so q, k and v share one row per block; at most
+    :data:`MAX_DRAWN` weights."""
+    return strongest(name_transformer_rows(spec_drawing(wiring)))
+
+
+def resnet_drawing(wiring) -> Drawing:
+    """A ResNet's channel rows, kernels summed; each state of a stage's residual stream named
+    after the block that wrote it (``layer2.1``), a block's own channels after its convolution
+    (``layer2.1.conv1``); of each convolution its strongest channel pairs,
+    :data:`RESNET_LINES_PER_CHANNEL` per channel, :data:`MAX_DRAWN` in all."""
+    drawing = spec_drawing(wiring)
+    for e in drawing.edges:
+        path = e.name.rpartition(".")[0]  # layer2.1.conv2, layer2.0.downsample.0
+        if path.startswith("layer") and drawing.rows[e.out].group != path:  # writes the stream
+            drawing.rows[e.out].name = ".".join(path.split(".")[:2])
+    return strongest(drawing, per_neuron=RESNET_LINES_PER_CHANNEL)
+
+
+register_view("gpt2", gpt2_drawing)
+register_view("llama", llama_drawing)
+register_view("resnet", resnet_drawing)
 
 for _cls, _builder in [
     ("transformers.models.gpt2.modeling_gpt2.GPT2LMHeadModel", gpt2_spec),

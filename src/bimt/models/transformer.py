@@ -53,7 +53,7 @@ from ..core.cost import CostSettings
 from ..core.geometry import layout as make_layout
 from ..core.spec import Group, PermutationSpec
 from .mlp import make_activation
-from .drawing import Drawing, register_view, spec_drawing
+from .drawing import Drawing, name_transformer_rows, register_view, spec_drawing
 from .wiring import Wiring, WiredModule, restore_order
 
 __all__ = ["BioTransformer", "CausalSelfAttention", "TransformerBlock", "transformer_drawing"]
@@ -326,15 +326,7 @@ def transformer_drawing(wiring) -> Drawing:
     drawing = spec_drawing(
         wiring, fold_hints={f"blocks.{b}.attn.proj.weight": (0, 2) for b in range(n_blocks)},
         fold_names={f"attn{b}": ["q", "k", "v"] for b in range(n_blocks)})
-    names = {"resid": "Embed", "input": "input", "output": "output"}
-    for row in drawing.rows:
-        if row.group == "resid":
-            row.name = names["resid"] if row.name == "resid" else f"Res{row.name.split()[-1]}"
-        elif row.group.startswith("attn"):
-            row.name = f"Atn{row.group[4:]}"
-        elif row.group.startswith("mlp"):
-            row.name = f"MLP{row.group[3:]}"
-    return drawing
+    return name_transformer_rows(drawing)
 
 
 register_view("transformer", transformer_drawing)

@@ -201,6 +201,9 @@ class WeightsOnly(nn.Module):
 
     def __init__(self, state: dict[str, torch.Tensor]):
         super().__init__()
+        # a tied weight (a language model's head sharing the token embedding) is one tensor
+        # saved under two names: it stays one parameter, listed once, as in the live module
+        seen: dict[tuple, nn.Parameter] = {}
         for name, value in state.items():
             *path, leaf = name.split(".")
             owner = self
@@ -209,7 +212,10 @@ class WeightsOnly(nn.Module):
                     owner.add_module(part, nn.Module())
                 owner = owner._modules[part]
             if value.is_floating_point():
-                owner.register_parameter(leaf, nn.Parameter(value.clone(), requires_grad=False))
+                key = (value.data_ptr(), value.shape, value.stride(), value.dtype)
+                if key not in seen or value.numel() == 0:
+                    seen[key] = nn.Parameter(value.clone(), requires_grad=False)
+                owner.register_parameter(leaf, seen[key])
             else:
                 owner.register_buffer(leaf, value.clone())
 
@@ -280,7 +286,11 @@ def _rebuild(config, state, model, where, run_dir):
             raise ValueError(f"{run_dir} trained a module but its checkpoint keeps no wiring")
         if model is None:
             model = WeightsOnly(state["model"])
-            restore_wiring(model, record)
+            # a buffer its module keeps out of the state_dict (Llama's rotary frequencies) was
+            # not saved: it is not among the weights to draw or analyse
+            spec = record["spec"]
+            saved = {**spec, "free": [n for n in spec.get("free", ()) if n in state["model"]]}
+            restore_wiring(model, {**record, "spec": saved})
         else:
             if not has_wiring(model):
                 restore_wiring(model, record)
@@ -335,7 +345,8 @@ def _resolved_module_config(settings: CostSettings, config: TrainConfig) -> Trai
     """A module run's resolved config, with its module's cost settings."""
     from ..tasks import Task
 
-    placeholder = Task(MODULE_TASK, "a user's module", "regression", lambda *a: None, lambda c: None)
+    kind = "classification" if config.loss == "ce" else "regression"  # only what resolving checks
+    placeholder = Task(MODULE_TASK, "a user's module", kind, lambda *a: None, lambda c: None)
     given = {k: getattr(settings, k) for k in COST_FIELDS}
     given["distance_free"] = list(given["distance_free"])
     return dataclasses.replace(config, **given).resolved(placeholder)
