@@ -266,7 +266,7 @@ def test_attach_on_a_prebuilt_spec_mismatch():
     module = nn.Sequential(nn.Linear(3, 4))
     spec = bimt.models.sequential_spec(nn.Sequential(nn.Linear(3, 5)), input_order=None,
                                        output_order=None)
-    with pytest.raises(ValueError, match=r"'0.weight' has length 4, which is not a multiple"):
+    with pytest.raises(ValueError, match=r"'0.weight' has length 4, which is not a positive multiple"):
         bimt.Wiring(module, spec)
 
 
