@@ -2,6 +2,7 @@
 as the naive reference search, and commute with training when the optimizer state moves too."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import bimt
 from bimt import ConnectionCost, Group, PermutationSpec
 from bimt.core import geometry
 from bimt.core.spec import fold_index
+from bimt.core.swap import swap_pass
 from conftest import apply_report, build, inputs, mlp_configs, state
 
 ATOL = 1e-5
@@ -83,6 +85,24 @@ def test_swaps_move_input_and_output_neurons_and_keep_interface(mode):
     assert not (torch.equal(model.input_order, torch.arange(6))
                 and torch.equal(model.output_order, torch.arange(6)))
     assert _max_diff(model(x).detach(), y0) <= ATOL
+
+
+@pytest.mark.parametrize("mode", ["greedy", "exact"])
+def test_a_pass_without_costs_moves_the_same_neurons(mode):
+    # costs=False (what training asks) skips reading the totals and nothing else
+    torch.manual_seed(3)
+    model = bimt.BioMLP([6, 12, 12, 4], A=2.0)
+    twin = copy.deepcopy(model)
+    with_costs = swap_pass(model, model.spec, model.wiring.connection_cost, 4, mode)
+    without = swap_pass(twin, twin.spec, twin.wiring.connection_cost, 4, mode, costs=False)
+    assert with_costs.swaps == without.swaps > 0
+    assert with_costs.permutations.keys() == without.permutations.keys()
+    for g, perm in with_costs.permutations.items():
+        assert np.array_equal(perm, without.permutations[g]), g
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
+    assert math.isnan(without.cost_before) and math.isnan(without.cost_after)
+    assert "cost" not in str(without) and "cost" in str(with_costs)
 
 
 @settings(max_examples=80, deadline=None)
@@ -465,3 +485,83 @@ def test_unknown_mode_and_group_raise():
         model.swap(3, "optimal")
     with pytest.raises(ValueError, match="unknown group 'layer9'"):
         model.swap(3, groups=["layer9"])
+
+
+# -- the exact pass's local solver and its proof ----------------------------------------------
+def _line_placement_matrix(rng, n: int, m: int = 12, spread: float = 0.1,
+                           shift: int | None = None) -> np.ndarray:
+    """``C[j, p] = sum_k W[j, k] |x_p - y_k|``, each neuron wired near a place of its own: the
+    shape a trained network's placement matrices have. The places are a shuffle of the slots
+    (``shift``: each at most ``shift`` slots from the neuron's own), so the optimum moves
+    neurons."""
+    x, y = np.linspace(0, 1, n), np.linspace(0, 1, m)
+    if shift is None:
+        centre = rng.permutation(n) / n
+    else:
+        centre = np.argsort(np.arange(n) + rng.uniform(0, shift, n)) / n
+    W = np.exp(-np.abs(centre[:, None] - y[None, :]) / spread) * rng.uniform(0.5, 1.5, (n, m))
+    return W @ np.abs(x[:, None] - y[None, :]).T
+
+
+def _optimum(C: np.ndarray) -> float:
+    from scipy.optimize import linear_sum_assignment
+
+    r, c = linear_sum_assignment(C)
+    return float(C[r, c].sum())
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 40), seed=st.integers(0, 10_000), local=st.booleans())
+def test_certified_placements_are_optimal_and_optima_are_certified(n, seed, local):
+    from scipy.optimize import linear_sum_assignment
+
+    from bimt.core.swap.exact import certified_optimal
+
+    rng = np.random.default_rng(seed)
+    C = _line_placement_matrix(rng, n) if local else rng.random((n, n))
+    r, c = linear_sum_assignment(C)
+    best = np.empty(n, dtype=int)
+    best[r] = c
+    assert certified_optimal(C, best, sweeps=n + 2)  # an optimum always has its proof
+    for _ in range(3):  # and a proof is only ever given for an optimum
+        pos = rng.permutation(n)
+        if certified_optimal(C, pos, sweeps=n + 2):
+            assert C[np.arange(n), pos].sum() <= _optimum(C) + 1e-12 * n
+
+
+def test_certificate_refuses_a_placement_one_swap_improves():
+    from bimt.core.swap.exact import certified_optimal
+
+    C = np.array([[0.0, 1.0, 5.0], [1.0, 0.0, 5.0], [5.0, 5.0, 0.0]])
+    assert certified_optimal(C, np.array([0, 1, 2]))
+    assert not certified_optimal(C, np.array([1, 0, 2]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 300), seed=st.integers(0, 10_000), window=st.integers(2, 64))
+def test_local_first_exact_positions_reach_the_dense_optimum(n, seed, window):
+    # the exact pass's big-group path (local windows, then the proof, else the dense solver)
+    # always ends at an optimum, whether or not the windows found it
+    import bimt.core.swap.exact as exact
+
+    rng = np.random.default_rng(seed)
+    C = _line_placement_matrix(rng, n, shift=int(rng.integers(1, 30)))
+    old = exact.LOCAL_FIRST, exact.WINDOW
+    exact.LOCAL_FIRST, exact.WINDOW = 2, window
+    try:
+        pos = exact.exact_positions(C, heads=1)
+    finally:
+        exact.LOCAL_FIRST, exact.WINDOW = old
+    assert sorted(pos) == list(range(n))
+    assert C[np.arange(n), pos].sum() == pytest.approx(_optimum(C), rel=1e-12, abs=1e-12)
+
+
+def test_local_assignment_finds_a_shuffled_optimum_within_its_windows():
+    from bimt.core.swap.exact import certified_optimal, local_assignment
+
+    rng = np.random.default_rng(0)
+    C = _line_placement_matrix(rng, 600, m=40, spread=0.02, shift=20)
+    pos = local_assignment(C, window=64)
+    assert (pos != np.arange(600)).sum() > 100
+    assert C[np.arange(600), pos].sum() == pytest.approx(_optimum(C), rel=1e-12)
+    assert certified_optimal(C, pos)

@@ -1,6 +1,7 @@
 """Swap passes and training steps at GPT shapes, each against a baseline run in the same process.
 
-* ``gpt.swap_ms``: one greedy pass (top-k 30) over every group of a BioGPT with GPT-2-small
+* ``gpt.swap_ms``: one greedy pass (top-k 30), as training runs it (without reading the
+  report's totals), over every group of a BioGPT with GPT-2-small
   shapes (12 layers, d 768, 12 heads, MLP 3072, vocabulary 50,257, 124M parameters, float32),
   beside ``gpt.floor_ms``: one read of every parameter (the sum of each), the least any pass
   that looks at every weight must spend, and ``gpt.abs_sum_ms``: the sum of ``|W|`` over
@@ -88,10 +89,16 @@ def read_floor_s(model: torch.nn.Module, repeats: int = 3, absolute: bool = Fals
 
 
 def _timed_pass(model, top_k, mode) -> tuple[float, object]:
+    """One pass as training runs it (no totals read: ``costs=False``) on a copy of ``model``;
+    the report's costs are read after the clock stops."""
     m = copy.deepcopy(model)
+    cost = m.wiring.connection_cost
+    before = cost.total(m)
     t0 = time.perf_counter()
-    report = swap_pass(m, m.spec, m.wiring.connection_cost, top_k, mode)
-    return time.perf_counter() - t0, report
+    report = swap_pass(m, m.spec, cost, top_k, mode, costs=False)
+    seconds = time.perf_counter() - t0
+    report.cost_before, report.cost_after = before, cost.total(m)
+    return seconds, report
 
 
 def bench_gpt_swap(top_k: int = 30, repeats: int = 3, model: BioGPT | None = None) -> dict:
@@ -155,7 +162,7 @@ def bench_gpt_step(pairs: int = 8, swap_every: int = DEFAULT_SWAP_EVERY, top_k: 
         return time.perf_counter() - t0
 
     step(True)  # first-call costs (optimizer state, cached distances) off the clock
-    swap_pass(model, model.spec, cost, top_k, optimizer=opt)
+    swap_pass(model, model.spec, cost, top_k, optimizer=opt, costs=False)
     plain, with_cost = [], []
     for i in range(pairs):
         order = (False, True) if i % 2 == 0 else (True, False)
@@ -164,7 +171,7 @@ def bench_gpt_step(pairs: int = 8, swap_every: int = DEFAULT_SWAP_EVERY, top_k: 
     swap = []
     for _ in range(swaps):
         t0 = time.perf_counter()
-        swap_pass(model, model.spec, cost, top_k, optimizer=opt)
+        swap_pass(model, model.spec, cost, top_k, optimizer=opt, costs=False)
         swap.append(time.perf_counter() - t0)
     p, c, s = (float(np.median(v)) for v in (plain, with_cost, swap))
     # each pair's two steps ran back to back: the median of their ratios is the least

@@ -99,12 +99,13 @@ def shard(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return xb[rank * part:(rank + 1) * part], yb[rank * part:(rank + 1) * part]
 
 
-def swap_pass(module, spec, cost, top_k=None, mode=DEFAULT_MODE, optimizer=None, groups=None):
+def swap_pass(module, spec, cost, top_k=None, mode=DEFAULT_MODE, optimizer=None, groups=None,
+              costs=True):
     """:func:`bimt.swap_pass` decided on rank 0; the other ranks apply its permutations."""
     if not active():
-        return _swap_pass(module, spec, cost, top_k, mode, optimizer, groups)
+        return _swap_pass(module, spec, cost, top_k, mode, optimizer, groups, costs)
     if dist.get_rank() == 0:
-        report = _swap_pass(module, spec, cost, top_k, mode, optimizer, groups)
+        report = _swap_pass(module, spec, cost, top_k, mode, optimizer, groups, costs)
         payload = [{g: np.asarray(p) for g, p in report.permutations.items()}, report.swaps]
     else:
         payload = [None, None]

@@ -617,7 +617,7 @@ class _Single:
         r = self.run
         swapper = self.distributed.swap_pass if self.distributed.active() else swap_pass
         return swapper(r.model, wiring_of(r.model).spec, r.costs["swap"], r.cfg.top_k,
-                       r.cfg.swap_mode, r.optimizer)
+                       r.cfg.swap_mode, r.optimizer, costs=False)  # the loop reads no totals
 
     def state(self, s: int) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.run.model.state_dict().items()}
@@ -693,7 +693,8 @@ class _Stack:
 
     def swap(self, s: int):
         r = self.runs[s]
-        report = swap_pass(self.views[s], self.spec, r.costs["swap"], r.cfg.top_k, r.cfg.swap_mode)
+        report = swap_pass(self.views[s], self.spec, r.costs["swap"], r.cfg.top_k, r.cfg.swap_mode,
+                           costs=False)
         _move_optimizer_state(self.stack, self.optimizer, self.spec, s, report.permutations)
         return report
 
