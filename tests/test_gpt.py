@@ -237,3 +237,17 @@ def test_bad_inputs_are_refused():
         BioGPT(5, 8, 6, 1, 2, settings={"A": 2.0})
     with pytest.raises(ValueError, match="layout names unknown groups"):
         BioGPT(5, 8, 6, 1, 2, layout={"mlp7": "line"})
+
+
+def test_gpt_bench_times_a_pass_as_training_runs_it_and_reports_its_costs():
+    from bimt.experiments.bench_gpt import _timed_pass
+
+    torch.manual_seed(0)
+    model = BioGPT(40, n_positions=16, d_model=16, n_layers=2, n_heads=2)
+    before = model.wiring.connection_cost.total(model)
+    for mode in ("greedy", "exact"):
+        seconds, report = _timed_pass(model, 4, mode)
+        assert seconds > 0
+        assert report.cost_before == pytest.approx(before, rel=1e-12)  # read off the clock
+        assert report.cost_after <= report.cost_before * (1 + 1e-9)
+    assert model.wiring.connection_cost.total(model) == before  # the pass ran on a copy
