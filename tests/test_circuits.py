@@ -105,6 +105,7 @@ def test_find_circuit_on_the_hand_built_model(batch):
     assert len(circuit.effects) == 4 + 2 * D
     assert circuit.baseline > 0.95
     assert circuit.set_effect > 0.9
+    assert circuit.heads_effect == circuit.set_effect  # no neurons: the heads are the circuit
     assert circuit.other_head in ("L0.h1", "L1.h0") and abs(circuit.other_effect) < 0.05
     assert circuit.one_module, circuit.module
     # the two heads meet in the residual stream at the previous-token block
@@ -166,3 +167,18 @@ def test_unit_modules_group_heads_by_kept_weights():
 def test_find_circuit_checks_its_threshold(batch):
     with pytest.raises(ValueError, match="threshold"):
         find_circuit(hand_built(), batch, induction_accuracy, threshold=0.0)
+
+
+def test_heads_effect_knocks_out_only_the_circuits_heads(batch, monkeypatch):
+    # a circuit of a head and an MLP neuron: heads_effect is the drop without the head alone
+    import bimt.analysis.circuits as circuits
+
+    model = hand_built()
+    effects = {name: 0.0 for name in circuits.units(model)}
+    effects["L1.h1"], effects["L0.n3"] = 0.9, 0.5
+    monkeypatch.setattr(circuits, "knockout_effects", lambda *a, **k: dict(effects))
+    circuit = find_circuit(model, batch, induction_accuracy)
+    assert circuit.heads == ["L1.h1"] and circuit.neurons == ["L0.n3"]
+    alone = circuit.baseline - circuits._knocked(model, batch, induction_accuracy, ["L1.h1"],
+                                                 circuits.units(model))
+    assert circuit.heads_effect == pytest.approx(alone) and circuit.heads_effect > 0.5

@@ -70,7 +70,7 @@ def test_analyze_circuit_of_an_induction_run_and_its_report(tmp_path, capsys):
                  "--out", str(run), "--quiet"]) == 0
     assert main(["analyze", str(run), "--circuit"]) == 0
     circuit = json.loads((run / "circuit.json").read_text())
-    assert {"heads", "neurons", "baseline", "after_knockout", "other_effect", "one_module",
+    assert {"heads", "neurons", "baseline", "after_knockout", "after_heads_knockout", "other_effect", "one_module",
             "scores"} <= set(circuit)
     assert set(circuit["scores"]) == {f"L{b}.h{h}" for b in range(2) for h in range(4)}
     assert (run / "circuit.png").exists() and "## Circuit" in (run / "analysis.md").read_text()

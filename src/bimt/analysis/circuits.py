@@ -241,7 +241,8 @@ class Circuit:
 
     ``heads``, ``neurons``: the units that carry the task; ``baseline``: the intact metric;
     ``effects``: every unit's single knock-out drop; ``set_effect``: the drop with the whole
-    circuit knocked out at once; ``other_head`` / ``other_effect``: the head outside the circuit
+    circuit knocked out at once; ``heads_effect``: the drop with only its heads knocked out;
+    ``other_head`` / ``other_effect``: the head outside the circuit
     whose knock-out drops the metric most, and by how much; ``module``: :func:`spatial_module`
     of the circuit; ``scores``: per head (``"L0.h1"``), its previous-token score and, for an
     induction batch, its induction score.
@@ -256,6 +257,7 @@ class Circuit:
     module: dict
     effects: dict[str, float] = field(repr=False)
     scores: dict[str, dict[str, float]] = field(repr=False)
+    heads_effect: float = 0.0
 
     @property
     def units(self) -> list[str]:
@@ -287,6 +289,11 @@ def find_circuit(model, data, metric: Callable, threshold: float = 0.2, neurons:
                     key=_unit_key)
     base = _evaluate(model, data, metric)
     set_effect = base - _knocked(model, data, metric, chosen, table) if chosen else 0.0
+    heads = [n for n in chosen if ".h" in n]
+    if heads == chosen:
+        heads_effect = set_effect
+    else:
+        heads_effect = base - _knocked(model, data, metric, heads, table) if heads else 0.0
     others = {n: e for n, e in effects.items() if ".h" in n and n not in chosen}
     other = max(others, key=others.get) if others else None
     module = spatial_module(model, chosen, module_threshold) if chosen else {
@@ -298,8 +305,8 @@ def find_circuit(model, data, metric: Callable, threshold: float = 0.2, neurons:
         scores[f"L{layer}.h{head}"] = {"previous_token": float(value)}
         if induct is not None:
             scores[f"L{layer}.h{head}"]["induction"] = float(induct[layer, head])
-    return Circuit([n for n in chosen if ".h" in n], [n for n in chosen if ".n" in n], base,
-                   set_effect, other, others.get(other, 0.0), module, effects, scores)
+    return Circuit(heads, [n for n in chosen if ".n" in n], base, set_effect, other,
+                   others.get(other, 0.0), module, effects, scores, heads_effect)
 
 
 def circuit_slots(model, names: Iterable[str]) -> dict[str, list[int]]:

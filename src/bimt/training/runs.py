@@ -694,6 +694,7 @@ def _circuit(run_dir: Path, model, cfg) -> dict:
     found = find_circuit(model, data, metric)
     out = {"heads": found.heads, "neurons": found.neurons, "baseline": found.baseline,
            "after_knockout": found.baseline - found.set_effect, "set_effect": found.set_effect,
+           "after_heads_knockout": found.baseline - found.heads_effect,
            "other_head": found.other_head, "other_effect": found.other_effect,
            "one_module": found.one_module, "module": found.module, "scores": found.scores,
            "effects": found.effects, "slots": circuit_slots(model, found.units)}
@@ -713,7 +714,8 @@ def _circuit_lines(c: dict) -> list[str]:
               f"{show(c['effects'].get(h))} |" for h, s in c["scores"].items()]
     return [f"- heads: {', '.join(c['heads']) or 'none'}; MLP neurons: "
             f"{', '.join(c['neurons']) or 'none'}",
-            f"- metric {show(c['baseline'])}, with the circuit knocked out {show(c['after_knockout'])}; "
+            f"- metric {show(c['baseline'])}, with the circuit knocked out {show(c['after_knockout'])}, "
+            f"with only its heads knocked out {show(c.get('after_heads_knockout'))}; "
             f"the largest drop from any other single head: {show(c['other_effect'])} "
             f"({c['other_head'] or 'none'})",
             f"- one spatial module: {'yes' if c['one_module'] else 'no'} (connected: "
