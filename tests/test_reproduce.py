@@ -43,9 +43,16 @@ def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
 
     monkeypatch.setattr("bimt.training.loop.fit", no_training)
     monkeypatch.setattr("bimt.training.loop._train", no_training)
+    first = json.loads((out / "reproduction.json").read_text())
     again = rep.reproduce(tasks=["two-moons", "symbolic-independence"], methods=["vanilla", "bimt"],
                           seeds=2, workers=1, out=out, steps=30, progress=False)
     assert sorted(r["seed"] for r in again) == sorted(r["seed"] for r in rows)
+    # the resumed call adds its own (short) time to the record instead of replacing it
+    summary = json.loads((out / "reproduction.json").read_text())
+    assert len(summary["invocations"]) == 2 and summary["invocations"][0]["wall_s"] == first["wall_s"]
+    assert summary["wall_s"] == pytest.approx(first["wall_s"] + summary["invocations"][1]["wall_s"],
+                                              abs=0.11)
+    assert summary["run_wall_s"] == first["run_wall_s"]  # the runs' own times, unchanged
 
 
 def test_reproduce_backends_agree_and_record_wall_time(tmp_path):

@@ -189,7 +189,9 @@ def reproduce(
     ``backend="batched"`` trains an MLP task's runs as stacked models (:mod:`bimt.batched`),
     one stack per job (all its runs, or each group of runs that can share a stack); the
     transformer's runs, and every run with ``backend="processes"``, are one run per worker. ``reproduction.json`` records the wall
-    time, and ``job_s``: each task's summed job wall times.
+    time, ``job_s`` (each task's summed job wall times) and ``run_wall_s`` (the runs' own
+    times, from their ``metrics.json``); a resumed reproduction adds its invocation to the
+    folder's ``invocations`` and to the totals rather than replacing them.
     """
     from ..core.progress import progress_bar
     from ..tasks import get_task
@@ -250,11 +252,17 @@ def reproduce(
     wall = time.perf_counter() - start
     results.sort(key=lambda r: (tasks.index(r["task"]), list(methods).index(r["method"]), r["seed"]))
     write_results(out, results, tasks, list(methods))
+    # a resumed reproduction adds its own time to the folder's record instead of replacing it
+    invocations = _previous_invocations(out / "reproduction.json") + [
+        {"wall_s": round(wall, 1), "job_s": {t: round(v, 1) for t, v in job_s.items()}}]
     write_json(out / "reproduction.json", {
         "tasks": tasks, "methods": list(methods), "seeds": seed_list, "workers": workers,
-        "steps_override": steps, "wall_s": round(wall, 1), "cpu_count": os.cpu_count(),
-        "backend": backend, "device": device or "cpu",
-        "job_s": {t: round(v, 1) for t, v in job_s.items()},
+        "steps_override": steps, "wall_s": round(sum(i["wall_s"] for i in invocations), 1),
+        "cpu_count": os.cpu_count(), "backend": backend, "device": device or "cpu",
+        "job_s": {t: round(sum(i["job_s"].get(t, 0.0) for i in invocations), 1) for t in tasks},
+        "run_wall_s": {t: round(sum(float(r.get("wall_s") or 0.0) for r in results if r["task"] == t), 1)
+                       for t in tasks},
+        "invocations": invocations,
     })
     for t in tasks:
         try:
@@ -262,6 +270,24 @@ def reproduce(
         except Exception as e:  # a figure must not lose the tables
             print(f"could not draw the figure of {t}: {e}")
     return results
+
+
+def _previous_invocations(path: Path) -> list[dict]:
+    """The invocations an earlier ``reproduction.json`` in this folder recorded (one for a file
+    written before invocations were listed); none when there is no readable one."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    listed = old.get("invocations")
+    if isinstance(listed, list):
+        return [i for i in listed if isinstance(i, dict) and isinstance(i.get("wall_s"), (int, float))
+                and isinstance(i.get("job_s"), dict)]
+    if isinstance(old.get("wall_s"), (int, float)) and isinstance(old.get("job_s"), dict):
+        return [{"wall_s": old["wall_s"], "job_s": old["job_s"]}]
+    return []
 
 
 def _expected_cost(task: str) -> float:
