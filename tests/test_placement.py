@@ -8,6 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import bimt
+import bimt.core.cost
 from bimt import ConnectionCost, Group, PermutationSpec
 from bimt.core.placement import Placement
 from bimt.core.swap.greedy import greedy_moves
@@ -52,6 +54,26 @@ def random_groups(draw):
                           y_star=draw(st.sampled_from([0.0, 0.5, 1.0])),
                           reduction=draw(st.sampled_from(["sum", "mean"])))
     return spec, cost, tensors
+
+
+@pytest.fixture(autouse=True)
+def line_path_for_every_size(monkeypatch):
+    """These tests' groups are small; make them take the line path that big groups take."""
+    monkeypatch.setattr(bimt.core.cost, "LINE_PATH_MIN_WORK", 0)
+
+
+def test_small_groups_take_the_product_and_big_ones_the_line_path(monkeypatch):
+    monkeypatch.undo()  # the real threshold
+    line = PermutationSpec([Group("g", np.linspace(0, 1, 8)), Group("o", np.linspace(0, 1, 4))],
+                           {"w": ("g", "o")}, {"w": "weight"})
+    small = ConnectionCost(line, A=1.0).placement({"w": torch.randn(8, 4)}, "g")
+    assert not small.lines and small.dense is not None
+    n = 512  # 512 * 512 * 64 multiply-adds: past the threshold
+    big_spec = PermutationSpec([Group("g", np.linspace(0, 1, n)), Group("o", np.linspace(0, 1, 64))],
+                               {"w": ("g", "o")}, {"w": "weight"})
+    assert n * n * 64 >= bimt.core.cost.LINE_PATH_MIN_WORK
+    big = ConnectionCost(big_spec, A=1.0).placement({"w": torch.randn(n, 64)}, "g")
+    assert big.lines and big.dense is None
 
 
 @settings(max_examples=150, deadline=None)
