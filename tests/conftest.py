@@ -11,6 +11,7 @@ import math
 import os
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -161,3 +162,37 @@ def ref_cost(model: bimt.BioMLP, layouts, A, y_star, p=1.0, bias=True, reduction
         term = sum(abs(v) * y_star for row in E for v in row)
         total += term / (len(E) * len(E[0])) if reduction == "mean" else term
     return total
+
+
+def need_module(module: str, extra: str):
+    """Import an optional dependency, or skip the test (naming the extra that installs it);
+    with ``BIMT_REQUIRE_EXTRAS`` set (``.ci/run``) a missing one fails instead."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get("BIMT_REQUIRE_EXTRAS"):
+            pytest.fail(f"BIMT_REQUIRE_EXTRAS is set but {module} is not installed")
+        pytest.skip(f"needs {module}: pip install -e '.[{extra}]'")
+
+
+def fit_interrupted(monkeypatch, at_pass: int, *args, **kwargs) -> None:
+    """``bimt.fit(*args, **kwargs)`` stopped by Ctrl-C (a ``KeyboardInterrupt``) raised at its
+    ``at_pass``-th swap pass, as a user's interruption would; the real pass is back afterwards."""
+    import bimt.training.loop as loop
+
+    real, calls = loop.swap_pass, []
+
+    def interrupt(*a, **k):
+        calls.append(1)
+        if len(calls) == at_pass:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(loop, "swap_pass", interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            bimt.fit(*args, **kwargs)
+    finally:
+        monkeypatch.setattr(loop, "swap_pass", real)

@@ -17,18 +17,14 @@ from pathlib import Path
 import pytest
 
 import bimt
+from conftest import need_module
 
 ROOT = Path(__file__).resolve().parent.parent
 API_PAGES = sorted((ROOT / "docs" / "api").glob("*.md"))
 
 
 def _need(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("BIMT_REQUIRE_EXTRAS"):
-            pytest.fail(f"BIMT_REQUIRE_EXTRAS is set but {module} is not installed")
-        pytest.skip(f"needs {module}: pip install -e '.[docs]'")
+    return need_module(module, "docs")
 
 
 def referenced_modules() -> list[str]:

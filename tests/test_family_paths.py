@@ -29,12 +29,12 @@ from matplotlib.figure import Figure
 from torch import nn
 
 import bimt
-import bimt.training.loop as bt
 from bimt.cli import main as cli
 from bimt.models import families
 from bimt.models.drawing import drawing_of, spec_drawing
 from bimt.tasks.language import BYTE_VOCAB, text_sequences
 from bimt.training.runs import load_checkpoint
+from conftest import fit_interrupted
 from test_families import BasicBlock, ResNet, needs_hf
 
 TOL = 1e-5  # outputs of an exported model against the trained one
@@ -184,18 +184,9 @@ def test_fit_writes_a_run_that_is_drawn_and_analysed(family, tmp_path):
 def test_an_interrupted_fit_resumes_exactly_from_a_fresh_instance(family, tmp_path, monkeypatch):
     data, kw = family.data(), fit_kw(family)
     full = bimt.fit(model=bimt.attach(family.make(0)).module, data=data, out=tmp_path / "full", **kw)
-    real, calls = bt.swap_pass, []
-
-    def interrupt(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # step 15: the last checkpoint is step 8
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(bt, "swap_pass", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        bimt.fit(model=bimt.attach(family.make(0)).module, data=data, out=tmp_path / "cut", **kw)
-    monkeypatch.setattr(bt, "swap_pass", real)
+    # Ctrl-C at the third swap pass (step 15): the last checkpoint is step 8
+    fit_interrupted(monkeypatch, 3, model=bimt.attach(family.make(0)).module, data=data,
+                    out=tmp_path / "cut", **kw)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 8
     fresh = family.make(99)  # other weights, no wiring: both come from the checkpoint
     resumed = bimt.fit(model=fresh, data=data, loss="ce", out=tmp_path / "cut", resume=True,

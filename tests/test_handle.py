@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 import bimt
-import bimt.training.loop as bt
 from bimt import CostSettings, Group, PermutationSpec, attach, wiring_of
 from bimt.training.runs import load_checkpoint, load_model
+from conftest import fit_interrupted
 
 QUIET = dict(progress=False, plots=False)
 
@@ -233,19 +233,8 @@ def test_fit_a_module_writes_a_run_that_reloads_without_its_code(tmp_path):
 
 def test_fit_a_module_resumes_exactly_after_an_interruption(tmp_path, monkeypatch):
     full = bimt.fit(model=attached(), out=tmp_path / "full", **FIT)
-    real = bt.swap_pass
-    calls = []
-
-    def interrupt(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:  # step 15: the last checkpoint is step 8
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(bt, "swap_pass", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        bimt.fit(model=attached(), out=tmp_path / "cut", **FIT)
-    monkeypatch.setattr(bt, "swap_pass", real)
+    # Ctrl-C at the third swap pass (step 15): the last checkpoint is step 8
+    fit_interrupted(monkeypatch, 3, model=attached(), out=tmp_path / "cut", **FIT)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 8
     torch.manual_seed(99)
     fresh = TwoBranch()  # not attached: the run's wiring comes from the checkpoint
@@ -264,19 +253,8 @@ def test_fit_a_module_from_data_loaders_resumes_exactly(tmp_path, monkeypatch):
                        torch.utils.data.DataLoader(torch.utils.data.TensorDataset(Xt, Yt), batch_size=16))
     kw = dict(loss="mse", steps=14, swap_every=5, eval_every=7, checkpoint_every=7, **QUIET)
     full = bimt.fit(model=attached(), data=loaders(), out=tmp_path / "full", **kw)
-    real = bt.swap_pass
-    calls = []
-
-    def interrupt(*a, **k):
-        calls.append(1)
-        if len(calls) == 2:  # step 10: after the step-7 checkpoint
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(bt, "swap_pass", interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        bimt.fit(model=attached(), data=loaders(), out=tmp_path / "cut", **kw)
-    monkeypatch.setattr(bt, "swap_pass", real)
+    # Ctrl-C at the second swap pass (step 10): after the step-7 checkpoint
+    fit_interrupted(monkeypatch, 2, model=attached(), data=loaders(), out=tmp_path / "cut", **kw)
     resumed = bimt.fit(model=TwoBranch(), data=loaders(), loss="mse", out=tmp_path / "cut",
                        resume=True, **QUIET)
     assert resumed.metrics["test_loss"] == full.metrics["test_loss"]

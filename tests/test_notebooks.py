@@ -6,12 +6,12 @@ Needs ``bimt[dev]`` (nbclient, ipykernel); skipped without it unless ``BIMT_REQU
 set, where a missing tool fails.
 """
 
-import importlib
-import os
 import time
 from pathlib import Path
 
 import pytest
+
+from conftest import need_module
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "examples").glob("*.ipynb"))
@@ -20,12 +20,7 @@ pytestmark = pytest.mark.notebooks
 
 
 def _need(module: str):
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        if os.environ.get("BIMT_REQUIRE_EXTRAS"):
-            pytest.fail(f"BIMT_REQUIRE_EXTRAS is set but {module} is not installed")
-        pytest.skip(f"needs {module}: pip install -e '.[dev]'")
+    return need_module(module, "dev")
 
 
 def test_there_are_notebooks():
