@@ -8,6 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/lm}
 BIMT=${BIMT:-.venv/bin/bimt}
+PYTHON=$(dirname "$BIMT")/python
 "$BIMT" reproduce --tasks induction,text-lm --methods vanilla,l1,bimt --seeds 0-2 --workers 2 \
   --out "$OUT"
 mkdir -p "$OUT/circuits"
@@ -16,6 +17,7 @@ for run in "$OUT"/runs/induction/*-s*; do
   "$BIMT" view "$run" > /dev/null
   name=$(basename "$run")
   cp "$run/circuit.json" "$OUT/circuits/$name.json"
-  cp "$run/circuit.png" "$OUT/circuits/$name.png"
+  # half size: the picture of every wire is a few MB at full size
+  "$PYTHON" -c 'import sys; from PIL import Image; im = Image.open(sys.argv[1]); im.resize((im.width // 2, im.height // 2), Image.LANCZOS).save(sys.argv[2], optimize=True)' "$run/circuit.png" "$OUT/circuits/$name.png"
   cp "$run/analysis.md" "$OUT/circuits/$name.md"
 done

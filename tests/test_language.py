@@ -39,8 +39,11 @@ def test_induction_data_is_deterministic_and_checked():
     assert not torch.equal(a.tokens, induction_data(8, seed=4).tokens)
     with pytest.raises(ValueError, match="vocab_size must be an integer >= 13"):
         induction_data(4, vocab_size=12, max_segment=12)
-    with pytest.raises(ValueError, match="length must be an integer >= 24"):
-        induction_data(4, length=20)
+    with pytest.raises(ValueError, match="length must be an integer >= 25"):
+        induction_data(4, length=24)  # two segments of 12 and a token before them
+    lead = lambda b: b.start - b.period  # filler tokens before the first copy
+    assert (lead(induction_data(300, seed=1)) >= 1).all()
+    assert (lead(induction_data(300, min_lead=0, seed=1)) == 0).any()
 
 
 def test_induction_accuracy_and_losses():

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import bimt
 import bimt.core.cost
+import bimt.core.placement
 from bimt import ConnectionCost, Group, PermutationSpec
 from bimt.core.placement import Placement
 from bimt.core.swap.greedy import greedy_moves
@@ -76,10 +77,21 @@ def test_small_groups_take_the_product_and_big_ones_the_line_path(monkeypatch):
     assert big.lines and big.dense is None
 
 
+@pytest.mark.parametrize("chunk", [1 << 16, 17])
 @settings(max_examples=150, deadline=None)
 @given(case=random_groups(), data=st.data())
-def test_fast_path_agrees_with_the_matrix_product(case, data):
-    spec, cost, tensors = case
+def test_fast_path_agrees_with_the_matrix_product(chunk, case, data):
+    """``chunk``: entries per piece the sums are built in; 17 splits these small groups into many
+    pieces, as a big group is split, so every way a piece meets the cuts is met."""
+    real = bimt.core.placement._CHUNK
+    bimt.core.placement._CHUNK = chunk
+    try:
+        _fast_path_agrees(*case, data)
+    finally:
+        bimt.core.placement._CHUNK = real
+
+
+def _fast_path_agrees(spec, cost, tensors, data):
     n = spec.groups["g"].size
     fast = cost.placement(tensors, "g")
     assert fast.lines and fast.dense is None  # every tensor took the line path
@@ -122,3 +134,28 @@ def test_grids_and_other_norms_keep_the_product():
     t = {"w": torch.randn(2, 2)}
     assert not ConnectionCost(line, A=1.0, p=2.0).placement(t, "g").lines  # L2
     assert ConnectionCost(line, A=1.0).placement(t, "g").lines
+
+
+@settings(max_examples=100, deadline=None)
+@given(case=random_groups(), data=st.data())
+def test_float32_sums_agree_to_their_rounding_and_greedy_never_raises_the_cost(case, data):
+    """``float32=True``: float32 weights summed in float32 give the float64 matrix to about
+    1e-6 of its size, and greedy moves read from them (with the float32 tolerance) never raise
+    the cost the float64 matrix gives."""
+    spec, cost, tensors = case
+    tensors = {k: v.float() if v.dim() == 2 else v for k, v in tensors.items()}
+    n = spec.groups["g"].size
+    single = cost.placement(tensors, "g", float32=True)
+    assert single.single == any(v.dim() == 2 and k.startswith(("in", "out"))
+                                for k, v in tensors.items())
+    C = cost.placement_matrix(tensors, "g", fast=False)
+    scale = max(1.0, float(np.abs(C).max()))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * scale)
+    close(single.diagonal(), np.diagonal(C))
+    ps = data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=5))
+    close(single.columns(ps), C[:, ps])
+    close(single.rows(ps), C[ps])
+    score = spec.importance(tensors, "g")
+    pos, _, _ = greedy_moves(single, score, data.draw(st.sampled_from([1, 3, None])),
+                             spec.groups["g"].heads)
+    assert C[np.arange(n), pos].sum() <= np.trace(C) + 1e-9 * scale

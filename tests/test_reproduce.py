@@ -55,6 +55,27 @@ def test_reproduce_writes_tables_and_resumes(tmp_path, monkeypatch):
     assert summary["run_wall_s"] == first["run_wall_s"]  # the runs' own times, unchanged
 
 
+def test_a_run_made_under_other_task_defaults_is_trained_again(tmp_path):
+    """The settings asked for can match while the task's defaults have changed since the run
+    (its ``resolved_config.json`` says which values it used): then the run is cleared."""
+    import dataclasses
+
+    from bimt.experiments.reproduce import _clear_if_stale, _job_config
+
+    job = dict(task="two-moons", method="bimt", seed=0, steps=30, run_dir=str(tmp_path / "run"))
+    config = _job_config(job)
+    run = tmp_path / "run"
+    run.mkdir()
+    used = json.loads(json.dumps(config.resolved().to_dict(), default=str))
+    for resolved, kept in ((used, True), ({**used, "lr": used["lr"] * 2}, False)):
+        (run / "config.json").write_text(json.dumps(dataclasses.asdict(config), default=str))
+        (run / "resolved_config.json").write_text(json.dumps(resolved))
+        (run / "metrics.json").write_text("{}")
+        _clear_if_stale(job)
+        assert (run / "metrics.json").exists() == kept
+        assert (run / "resolved_config.json").exists() == kept
+
+
 def test_reproduce_backends_agree_and_record_wall_time(tmp_path):
     kw = dict(tasks=["symbolic-independence"], methods=["vanilla", "bimt"], seeds=2, workers=1,
               steps=30, progress=False)

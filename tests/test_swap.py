@@ -123,6 +123,23 @@ def test_manual_permutations_keep_outputs(cfg, data, via):
         assert model.wiring.connection_cost.total(model) == pytest.approx(cost0, rel=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_big_tensors_are_permuted_in_place_as_index_select_would(dtype):
+    """Big tensors take other routes (rows through a kept buffer, columns slice by slice);
+    each gives what ``index_select`` gives, twice in a row (the buffer reused)."""
+    from bimt.core.swap.core import _permute_
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((700, 400), (300, 900), (5000, 70, 3)):
+        t = torch.randn(shape, generator=g, dtype=dtype)
+        for dim in (0, 1):
+            for _ in range(2):
+                index = torch.randperm(t.shape[dim], generator=g)
+                want = t.index_select(dim, index)
+                _permute_(t, dim, index)
+                assert torch.equal(t, want)
+
+
 def test_apply_permutation_rejects_non_permutations():
     model = build(dict(widths=[3, 4, 2]))
     for bad in ([0, 1, 2], [0, 1, 2, 2], [1, 2, 3, 4], [[0, 1], [2, 3]]):

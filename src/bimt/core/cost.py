@@ -157,7 +157,8 @@ class ConnectionCost:
 
     # -- what the swap engine needs ---------------------------------------------------------
     @torch.no_grad()
-    def placement(self, module: nn.Module, group: str, fast: bool = True) -> Placement:
+    def placement(self, module: nn.Module, group: str, fast: bool = True,
+                  float32: bool = False) -> Placement:
         """``C[j, p]`` of ``group`` (see :meth:`placement_matrix`, ``recurrent=False``) as a
         :class:`~bimt.core.placement.Placement`: the whole matrix, rows, columns or the
         diagonal, each computed only when asked.
@@ -165,7 +166,9 @@ class ConnectionCost:
         With the L1 norm (``p = 1``), weights between two groups on lines take the fast path
         (prefix sums along the line, about one read of the weights) once the product would cost
         :data:`LINE_PATH_MIN_WORK` multiply-adds; everything else, and every tensor when
-        ``fast=False``, the general product ``|W| @ D.T`` per tensor.
+        ``fast=False``, the general product ``|W| @ D.T`` per tensor. ``float32=True`` sums
+        float32 weights on the fast path in float32 (about 2.5x faster; good to about 1e-6 of
+        each sum, see :attr:`Placement.single`), for a solver that allows for it.
         """
         g = self.spec.groups[group]
         n = g.size
@@ -191,7 +194,7 @@ class ConnectionCost:
                     key = (dim, other.coords.tobytes())  # groups at the same places add up
                     if key not in sides:
                         sides[key] = LineSide(g.coords[:, 0], other.coords[:, 0], dim == 0,
-                                              self.A, self.y_star)
+                                              self.A, self.y_star, float32)
                     sides[key].add(as_numpy(t), scale)
                     read.add(name)
                     continue
@@ -206,6 +209,8 @@ class ConnectionCost:
                 term = (w @ d.T) * scale
                 dense = term if dense is None else dense + term
         lines = list(sides.values())
+        for side in lines:
+            side.W  # summed now, while the weights are the ones read
         importance = None
         if self.reduction == "sum" and lines:  # the sides hold sum |w| per slot already
             rest = [k for k in self.spec.charges if k not in read]

@@ -85,8 +85,9 @@ def _job_config(job: dict):
 
 
 def _clear_if_stale(job: dict) -> None:
-    """Remove a run left by an earlier reproduction with other settings (``--steps``, ...), so
-    a rerun reuses or resumes only runs of exactly the settings asked for."""
+    """Remove a run left by an earlier reproduction with other settings (``--steps``, ...) or
+    other task defaults (every value it used, ``resolved_config.json``), so a rerun reuses or
+    resumes only runs of exactly the settings asked for."""
     import dataclasses
 
     from ..training.runs import RUN_FILES
@@ -95,9 +96,13 @@ def _clear_if_stale(job: dict) -> None:
     saved = run_dir / "config.json"
     if not saved.exists():
         return
+    as_json = lambda value: json.loads(json.dumps(value, default=str))
+    config = _job_config(job)
     try:
-        same = json.loads(saved.read_text()) == json.loads(
-            json.dumps(dataclasses.asdict(_job_config(job)), default=str))
+        same = json.loads(saved.read_text()) == as_json(dataclasses.asdict(config))
+        used = run_dir / "resolved_config.json"
+        if same and used.exists():
+            same = json.loads(used.read_text()) == as_json(config.resolved().to_dict())
     except ValueError:
         same = False
     if not same:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..placement import Placement
+from ..placement import SINGLE_REL_TOL, Placement
 from ..recurrent import recurrent_positions, recurrent_weights
 from .core import REL_TOL, PassState
 
@@ -20,13 +20,15 @@ def solve(state: PassState) -> None:
             pos, swaps = recurrent_positions(state.cost, state.tensors, g, score, state.top_k)
             state.commit(g, pos, swaps)
             continue
-        C = state.cost.placement(state.tensors, g)
+        # float32 weights of big groups are summed in float32; a move must then gain more
+        # than their rounding, and the pass's total is read afresh rather than from the gains
+        C = state.cost.placement(state.tensors, g, float32=True)
         score = C.importance
         if score is None:
             score = state.cost.importance(state.tensors, g)
         group = state.spec.groups[g]
         pos, swaps, delta = greedy_moves(C, score, state.top_k, group.heads, group.rigid)
-        state.commit(g, pos, swaps, delta=delta)
+        state.commit(g, pos, swaps, delta=None if C.single else delta)
 
 
 def greedy_positions(C, score: np.ndarray, top_k, heads: int, rigid: bool = False):
@@ -54,7 +56,7 @@ def greedy_moves(C, score: np.ndarray, top_k, heads: int, rigid: bool = False):
     k = 0 if rigid else n if top_k is None else min(int(top_k), n)
     order = np.argsort(-score, kind="stable")[:k]
     C.columns([*order, *C.extremes()])  # the slots they start in, and max |C|, in one read
-    tol = REL_TOL * max(C.max(), 1.0)
+    tol = (SINGLE_REL_TOL if C.single else REL_TOL) * max(C.max(), 1.0)
     rows = C.rows(order)
     swaps = 0
     for i, j in enumerate(order):
