@@ -125,16 +125,21 @@ def test_manual_permutations_keep_outputs(cfg, data, via):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_big_tensors_are_permuted_in_place_as_index_select_would(dtype):
-    """Big tensors take other routes (rows through a kept buffer, columns slice by slice);
-    each gives what ``index_select`` gives, twice in a row (the buffer reused)."""
+    """Big tensors take other routes (rows through a kept buffer, columns slice by slice, only
+    the moved slices when few move); each gives what ``index_select`` gives, twice in a row
+    (the buffer reused)."""
     from bimt.core.swap.core import _permute_
 
     g = torch.Generator().manual_seed(0)
     for shape in ((700, 400), (300, 900), (5000, 70, 3)):
         t = torch.randn(shape, generator=g, dtype=dtype)
         for dim in (0, 1):
-            for _ in range(2):
+            for moves in (None, None, 3, 1):  # every slice moves (twice), or a few swap places
                 index = torch.randperm(t.shape[dim], generator=g)
+                if moves is not None:
+                    pairs = torch.randperm(t.shape[dim], generator=g)[:2 * moves].view(-1, 2)
+                    index = torch.arange(t.shape[dim])
+                    index[pairs[:, 0]], index[pairs[:, 1]] = pairs[:, 1], pairs[:, 0]
                 want = t.index_select(dim, index)
                 _permute_(t, dim, index)
                 assert torch.equal(t, want)

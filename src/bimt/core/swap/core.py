@@ -227,12 +227,17 @@ _scratch = threading.local()
 
 
 def _permute_(t: torch.Tensor, dim: int, index: torch.Tensor) -> None:
-    """``t = t.index_select(dim, index)`` in place. Along a later axis of a big tensor on the
-    CPU, slice by slice of the axes before it, so the copy stays in cache instead of going
-    through a second tensor of ``t``'s size; along the first, through a buffer kept between
-    calls (new memory costs a page fault per page on first touch)."""
+    """``t = t.index_select(dim, index)`` in place. When at most a quarter of the slices
+    move, only those are copied; otherwise, along a later axis of a big tensor on the CPU,
+    slice by slice of the axes before it, so the copy stays in cache instead of going through
+    a second tensor of ``t``'s size; along the first, through a buffer kept between calls (new
+    memory costs a page fault per page on first touch)."""
     lead = t.shape[:dim].numel()
     cpu = t.device.type == "cpu"
+    moved = torch.nonzero(index != torch.arange(len(index), device=index.device)).flatten()
+    if len(moved) * 4 <= len(index):  # a few neurons move (a greedy pass moves a few dozen)
+        t.index_copy_(dim, moved, t.index_select(dim, index[moved]))
+        return
     if dim == 0 and cpu and t.is_contiguous() and _CHUNK <= t.numel() <= _SCRATCH_MAX:
         buffers = _scratch.__dict__.setdefault("by_dtype", {})
         buf = buffers.get(t.dtype)
