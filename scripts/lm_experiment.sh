@@ -2,8 +2,8 @@
 # The language-model experiments of docs/lm: vanilla, L1 and BIMT on induction and text-lm,
 # seeds 0-2 (each run its own directory under OUT/runs), the tables, the seed-0 figures, and
 # the circuit of every induction run (bimt analyze --circuit), copied to OUT/circuits. On 2
-# cores: about an hour of training, then some 40 minutes of circuit analysis (every head and
-# MLP neuron knocked out in turn).
+# cores: about an hour of training (a third of it induction), then some 15 seconds of circuit
+# analysis per induction run (every head knocked out in turn).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-docs/lm}

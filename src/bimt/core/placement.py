@@ -75,7 +75,8 @@ def abs_sums(w: np.ndarray, axis: int) -> np.ndarray:
 def add_abs_blocks(acc: np.ndarray | None, w: np.ndarray, nr: int, nc: int,
                    scale: float = 1.0) -> np.ndarray:
     """``acc + scale * |w|`` summed over folds: ``w`` is ``(fr * nr, fc * nc)``, entry
-    ``(a * nr + r, b * nc + c)`` lands on ``(r, c)``. Float64; ``acc`` may be None."""
+    ``(a * nr + r, b * nc + c)`` lands on ``(r, c)``. Into ``acc`` (any float dtype), or, when
+    it is None, a new float64 array."""
     for a in range(w.shape[0] // nr):
         for b in range(w.shape[1] // nc):
             block = w[a * nr:(a + 1) * nr, b * nc:(b + 1) * nc]
@@ -95,13 +96,19 @@ def add_abs_blocks(acc: np.ndarray | None, w: np.ndarray, nr: int, nc: int,
 
 class _DiagonalSums:
     """``L[j] = sum_{y_k < x_j} W[j, k] (1, y_k)`` and ``T[j]``, the same over every ``k``,
-    gathered chunk by chunk of ``W`` as it is summed (``x`` sorted, ``y`` sorted)."""
+    gathered chunk by chunk of ``W`` (``y`` sorted). Row ``j`` splits at its own cut, and
+    ``C[j, j] = A (x_j (2 L0 - T0) + T1 - 2 L1) + y* T0``."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, dtype=np.float64):
-        self.cuts = np.searchsorted(y, x)  # y_k < x_j iff k < cuts[j]; grows with j
+        self.cuts = np.searchsorted(y, x)  # y_k < x_j iff k < cuts[j]
+        self.monotone = bool(np.all(np.diff(self.cuts) >= 0))  # x in order along the line
         self.Yc = torch.from_numpy(np.stack([np.ones_like(y), y]).astype(dtype))  # (2, m)
         self.L = torch.zeros(len(x), 2, dtype=torch.float64)
         self.T = torch.zeros(len(x), 2, dtype=torch.float64)
+
+    def add(self, chunk: np.ndarray, lo: int, hi: int, rows: bool) -> None:
+        """Rows ``lo:hi`` of ``W``, whose rows are the group's neurons (``rows``) or not."""
+        (self.add_rows if rows else self.add_others)(chunk, lo, hi)
 
     def add_rows(self, chunk: np.ndarray, lo: int, hi: int) -> None:
         """Rows ``lo:hi`` of ``W`` (the group's neurons), every column: each row splits at its
@@ -121,13 +128,16 @@ class _DiagonalSums:
             self.T[lo:hi] += (Yc[:, b:] @ Wb[:, b:].T).T
 
     def add_others(self, chunk: np.ndarray, lo: int, hi: int) -> None:
-        """Rows ``lo:hi`` of ``W`` (other neurons ``k``), every group neuron: the chunk lies below
-        the cut of the neurons ``j >= jh``, above that of ``j < jl``, and is split between."""
+        """Rows ``lo:hi`` of ``W`` (other neurons ``k``), every group neuron: with ``x`` in order,
+        the chunk lies below the cut of the neurons ``j >= jh``, above that of ``j < jl``, and
+        is split between (otherwise every neuron is masked)."""
         Wb, Yk = torch.from_numpy(chunk), self.Yc[:, lo:hi]
         full = (Yk @ Wb).T
         self.T += full
-        jl = int(np.searchsorted(self.cuts, lo, "right"))
-        jh = int(np.searchsorted(self.cuts, hi, "left"))
+        jl, jh = 0, len(self.cuts)
+        if self.monotone:
+            jl = int(np.searchsorted(self.cuts, lo, "right"))
+            jh = int(np.searchsorted(self.cuts, hi, "left"))
         self.L[jh:] += full[jh:]
         if jh > jl:
             below = torch.from_numpy(np.arange(lo, hi)[:, None] < self.cuts[None, jl:jh])
@@ -183,25 +193,18 @@ class LineSide:
             nr, nc = self._blocks[0][0].shape
             dtype = np.float32 if self.single else np.float64
             W = np.empty((nr, nc), dtype=dtype)
-            fuse = self._order is None and bool(np.all(np.diff(self.x) >= 0))
+            fuse = self._order is None  # the diagonal needs the other axis sorted
             if fuse:
                 diag = _DiagonalSums(self.x, self.y, dtype)
             # each chunk of the sum stays in cache while its blocks add up and its diagonal
             # sums are read (pieces of 4 _CHUNK: fewer, larger products)
             for lo, hi in _row_chunks(nr, nc, 4 * _CHUNK):
                 acc = W[lo:hi]
-                for i, (block, scale) in enumerate(self._blocks):
-                    if i == 0:  # as add_abs_blocks: |w| (or 0 + scale |w|), then += in order
-                        np.abs(block[lo:hi], out=acc)
-                        if scale != 1.0:
-                            acc *= scale
-                        continue
-                    part = np.abs(block[lo:hi])
-                    if scale != 1.0:
-                        part = np.multiply(part, scale, dtype=dtype)
-                    np.add(acc, part, out=acc)
+                acc.fill(0.0)
+                for block, scale in self._blocks:
+                    add_abs_blocks(acc, block[lo:hi], hi - lo, nc, scale)
                 if fuse:
-                    (diag.add_rows if self.rows else diag.add_others)(acc, lo, hi)
+                    diag.add(acc, lo, hi, self.rows)
             if self._order is not None:
                 W = W[:, self._order] if self.rows else W[self._order]
             self._W = W
@@ -222,47 +225,15 @@ class LineSide:
         return self._T
 
     def diagonal(self) -> np.ndarray:
-        """``C[j, j]`` of this side, and its totals, in one read of ``W``.
-
-        Row ``j`` is split at its own cut (the ``y_k`` below ``x_j``): ``L = sum_{y_k < x_j}
-        W[j, k] (1, y_k)`` gives ``C[j, j] = A (x_j (2 L0 - T0) + T1 - 2 L1) + y* T0``. With
-        ``x`` sorted the cuts grow with ``j``, so a block of rows reads its left part, the few
-        columns where its cuts differ, and its right part, each as one matrix product.
-        """
-        self.W  # built with the diagonal when it can be
-        if self._diag is not None:
-            return self._diag
-        x, y = self.x, self.y
-        n, m = len(x), len(y)
-        cuts = np.searchsorted(y, x)
-        monotone = bool(np.all(np.diff(x) >= 0))
-        Y2 = np.stack([np.ones_like(y), y], 1)
-        W = torch.from_numpy(self.W)
-        L = torch.zeros(n, 2, dtype=torch.float64)
-        T = torch.zeros(n, 2, dtype=torch.float64)
-        # blocks of the group's neurons: rows of W, or columns (in W's own layout)
-        step = max(1, 4 * _CHUNK // max(1, m)) if self.rows else 256
-        Yc = torch.from_numpy(np.ascontiguousarray(Y2.T, dtype=self.W.dtype))
-        for lo in range(0, n, step):
-            hi = min(lo + step, n)
-            a, b = (int(cuts[lo:hi].min()), int(cuts[lo:hi].max())) if monotone else (0, m)
-            below = torch.from_numpy(np.arange(a, b)[None, :] < cuts[lo:hi, None])
-            if self.rows:  # (2, k) @ (k, rows) runs faster than (rows, k) @ (k, 2)
-                part = lambda k0, k1, mask=None: (Yc[:, k0:k1] @ (
-                    W[lo:hi, k0:k1] if mask is None else W[lo:hi, k0:k1] * mask).T).T
-            else:
-                part = lambda k0, k1, mask=None: (Yc[:, k0:k1] @ (
-                    W[k0:k1, lo:hi] if mask is None else W[k0:k1, lo:hi] * mask.T)).T
-            if a > 0:
-                left = part(0, a)
-                L[lo:hi] += left
-                T[lo:hi] += left
-            if b > a:
-                L[lo:hi] += part(a, b, below)
-                T[lo:hi] += part(a, b)
-            if b < m:
-                T[lo:hi] += part(b, m)
-        self._finish_diagonal(L.numpy(), T.numpy())
+        """``C[j, j]`` of this side, and its totals (see :class:`_DiagonalSums`): gathered while
+        ``W`` is summed, or, when its other axis had to be sorted after summing, in one more
+        read of it."""
+        W = self.W
+        if self._diag is None:
+            diag = _DiagonalSums(self.x, self.y, W.dtype)
+            for lo, hi in _row_chunks(*W.shape, 4 * _CHUNK):
+                diag.add(W[lo:hi], lo, hi, self.rows)
+            self._finish_diagonal(diag.L.numpy(), diag.T.numpy())
         return self._diag
 
     def values_of(self, js, P) -> np.ndarray:
